@@ -1,0 +1,371 @@
+"""The public functions: ``compress``, ``extract``, ``open``.
+
+Example:
+    >>> import rftpack
+    >>> result = rftpack.compress("model.safetensors", "model.rftp")   # doctest: +SKIP
+    >>> result.ratio, result.weight_snr_db                             # doctest: +SKIP
+    (6.3, 24.4)
+    >>> rftpack.extract("model.rftp", "restored.safetensors")          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rftpack import __version__
+from rftpack.archive.reader import Archive
+from rftpack.archive.writer import ArchiveWriter
+from rftpack.codec import (
+    EncodedTensor,
+    ExactPipeline,
+    LossyPipeline,
+    encode_exact,
+    encode_lossy,
+    is_lossy_candidate,
+)
+from rftpack.dtypes import dtype_from_name
+from rftpack.errors import InputError, StageError
+from rftpack.io import TensorInfo, open_sink, open_source
+from rftpack.profiles import Profile, build_stage, get_profile
+from rftpack.residual import ResidualSampler, TrainedResidual
+from rftpack.stages.base import Coder, Predictor, Quantizer, Transform
+
+logger = logging.getLogger(__name__)
+
+#: pip-style progress: wraps an iterable of TensorInfo and yields the same items.
+Progress = Callable[[Iterable[TensorInfo]], Iterable[TensorInfo]]
+
+
+def _no_progress(items: Iterable[TensorInfo]) -> Iterable[TensorInfo]:
+    return items
+
+
+@dataclass
+class CompressResult:
+    """What ``compress`` did: the manifest it wrote and the figures measured on the way."""
+
+    path: Path
+    manifest: dict[str, Any]
+    original_bytes: int
+    archive_bytes: int
+    seconds: float
+    predictor_seconds: float = 0.0
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.manifest["metrics"]
+
+    @property
+    def ratio(self) -> float:
+        return self.original_bytes / self.archive_bytes if self.archive_bytes else math.inf
+
+    @property
+    def weight_snr_db(self) -> float | None:
+        return self.metrics.get("weight_snr_db")
+
+
+@dataclass
+class CompressOptions:
+    """Every setting of a compress run. ``None`` stage configs come from the profile."""
+
+    profile: str = "hybrid"
+    transform: dict[str, Any] | None = None
+    quantizer: dict[str, Any] | None = None
+    quantizer_overrides: dict[str, Any] = field(default_factory=dict)
+    coder: dict[str, Any] | None = None
+    exact_coder: dict[str, Any] | None = None
+    predictor: dict[str, Any] | None | bool = True
+    lossless: bool = False
+    block_size: int | None = None
+    min_lossy_numel: int = 1024
+    lossy_1d: bool = False
+    layout: str | None = None
+    payload: str = "binary"
+    overwrite: bool = False
+
+    def build(self) -> tuple[Profile, LossyPipeline | None, ExactPipeline, Predictor | None]:
+        profile = get_profile(self.profile)
+        exact_coder = build_stage("coder", self.exact_coder or profile.exact_coder)
+        assert isinstance(exact_coder, Coder)
+        exact = ExactPipeline(exact_coder)
+        if self.lossless or not profile.lossy:
+            return profile, None, exact, None
+        qconf = self.quantizer or profile.quantizer
+        assert qconf is not None and profile.transform is not None and profile.coder is not None
+        qconf = {"name": qconf["name"],
+                 "configuration": {**qconf.get("configuration", {}), **self.quantizer_overrides}}
+        transform = build_stage("transform", self.transform or profile.transform)
+        quantizer = build_stage("quantizer", qconf)
+        coder = build_stage("coder", self.coder or profile.coder)
+        if not (isinstance(transform, Transform) and isinstance(quantizer, Quantizer)
+                and isinstance(coder, Coder)):
+            raise StageError("stages must be a transform, a quantizer and a coder, in that order")
+        lossy = LossyPipeline(transform, quantizer, coder,
+                              block_size=self.block_size or profile.block_size)
+        predictor = None
+        wanted = self.predictor
+        if wanted and quantizer.polar:
+            config = wanted if isinstance(wanted, dict) else profile.predictor
+            if config:
+                stage = build_stage("predictor", config)
+                assert isinstance(stage, Predictor)
+                predictor = stage
+        return profile, lossy, exact, predictor
+
+
+def compress(source: str | os.PathLike, out: str | os.PathLike, *,
+             options: CompressOptions | None = None, progress: Progress = _no_progress,
+             **settings: Any) -> CompressResult:
+    """Compress a checkpoint into an archive, one tensor at a time.
+
+    ``source``: a .safetensors file, a sharded or Hugging Face model directory, a PyTorch
+    .bin/.pt/.pth state dict, an .npz file, or a model id in the local Hugging Face cache.
+    ``settings`` are :class:`CompressOptions` fields (``profile``, ``lossless``,
+    ``quantizer_overrides={"amp_bits": 6}``, ``layout``, ``payload``, ``overwrite``, ...).
+
+    Example:
+        >>> result = compress("model.safetensors", "model.rftp")   # doctest: +SKIP
+        >>> print(f"{result.ratio:.2f}x at {result.weight_snr_db:.1f} dB")  # doctest: +SKIP
+    """
+    options = options or CompressOptions(**settings)
+    profile, lossy, exact, predictor = options.build()
+    started = time.perf_counter()
+    with open_source(source) as model:
+        infos = model.infos()
+        if not infos:
+            raise InputError(f"{model.path}: the model holds no tensors")
+        sampler = (ResidualSampler(band_count=lossy.max_bands())
+                   if predictor is not None and lossy is not None else None)
+        writer = ArchiveWriter(out, layout=options.layout, payload=options.payload,
+                               overwrite=options.overwrite)
+        try:
+            entries, totals = [], _Totals()
+            for info in progress(infos):
+                array = model.read(info.name)
+                encoded = _encode_one(info, array, lossy, exact, options, sampler)
+                written = writer.add_tensor(encoded)
+                entries.append(_manifest_entry(info, encoded, written))
+                totals.add(info, encoded, written)
+                del array, encoded
+            trained, predictor_seconds = None, 0.0
+            predictor_record = None
+            if sampler is not None and predictor is not None:
+                t0 = time.perf_counter()
+                trained = sampler.fit(predictor)  # type: ignore[arg-type]
+                predictor_seconds = time.perf_counter() - t0
+                predictor_record = _decide_predictor(trained, entries, writer)
+            manifest = _manifest(model, profile, options, lossy, entries, totals, trained,
+                                 predictor_record)
+            writer.finish(manifest)
+        except BaseException:
+            writer.abort()
+            raise
+    archive_bytes = _path_bytes(Path(out))
+    return CompressResult(Path(out), manifest, totals.original_bytes, archive_bytes,
+                          time.perf_counter() - started, predictor_seconds)
+
+
+def _encode_one(info: TensorInfo, array: np.ndarray, lossy: LossyPipeline | None,
+                exact: ExactPipeline, options: CompressOptions,
+                sampler: ResidualSampler | None) -> EncodedTensor:
+    if array.shape != info.shape:
+        raise InputError(f"tensor {info.name!r}: read shape {array.shape}, header says "
+                         f"{info.shape}")
+    if lossy is not None and is_lossy_candidate(array, min_numel=options.min_lossy_numel,
+                                                lossy_1d=options.lossy_1d):
+        return encode_lossy(info.name, array, lossy, sampler)
+    return encode_exact(info.name, array, exact)
+
+
+@dataclass
+class _Totals:
+    original_bytes: int = 0
+    stored_bytes: int = 0
+    weights: int = 0
+    lossy_weights: int = 0
+    lossy_payload: int = 0
+    lossy_tensors: int = 0
+    exact_tensors: int = 0
+    signal: float = 0.0
+    error: float = 0.0
+    kept: int = 0
+    coefficients: int = 0
+    tensor_snrs: list[float] = field(default_factory=list)
+
+    def add(self, info: TensorInfo, encoded: EncodedTensor, written: dict[str, Any]) -> None:
+        container = encoded.container
+        self.original_bytes += info.nbytes
+        self.stored_bytes += len(encoded.payload) + written["container_bytes"]
+        self.weights += info.numel
+        if container["codec"]["mode"] == "hybrid":
+            self.lossy_tensors += 1
+            self.lossy_weights += info.numel
+            self.lossy_payload += len(encoded.payload)
+            self.signal += encoded.stats["signal"]
+            self.error += encoded.stats["error"]
+            self.kept += container["kept_coeff"]
+            self.coefficients += container["total_coeff"]
+            if encoded.snr_db is not None and math.isfinite(encoded.snr_db):
+                self.tensor_snrs.append(encoded.snr_db)
+        else:
+            self.exact_tensors += 1
+
+
+def _manifest_entry(info: TensorInfo, encoded: EncodedTensor,
+                    written: dict[str, Any]) -> dict[str, Any]:
+    c = encoded.container
+    entry: dict[str, Any] = {
+        "tensor_name": info.name,
+        "file": written["file"],
+        "dtype": c["dtype"],
+        "shape": c["original_shape"],
+        "mode": c["codec"]["mode"],
+        "stored_bytes": c["stored_bytes"] + written["container_bytes"],
+        "original_bytes": info.nbytes,
+        "container_sha256": written["container_sha256"],
+        "predictor": False,
+    }
+    if c["codec"]["mode"] == "hybrid":
+        entry.update({"kept_coeff": c["kept_coeff"], "total_coeff": c["total_coeff"],
+                      "sparsity": c["sparsity"], "bitrate_coeff": c["bitrate_coeff"],
+                      "snr_db": c.get("snr_db")})
+    return entry
+
+
+def _decide_predictor(trained: TrainedResidual | None, entries: list[dict[str, Any]],
+                      writer: ArchiveWriter) -> dict[str, Any] | None:
+    """Store the predictor only if it lowers the held-out error of at least one tensor."""
+    if trained is None:
+        return None
+    applied = 0
+    for entry in entries:
+        if entry["mode"] != "hybrid" or entry["tensor_name"] not in trained.gains_db:
+            continue
+        gain = trained.gains_db[entry["tensor_name"]]
+        entry["predictor_gain_db"] = round(gain, 4)
+        if trained.helps(entry["tensor_name"]):
+            entry["predictor"] = True
+            applied += 1
+    record = {"trained": True, "validation_gain_db": round(float(trained.stats["gain_db"]), 4),
+              "holdout_gain_db": round(trained.holdout_gain_db, 4),
+              "samples": int(trained.stats.get("samples", 0)), "tensors_applied": applied}
+    if applied:
+        stored = writer.add_predictor(trained.to_json())
+        record.update(file=stored["file"], sha256=stored["sha256"])
+    return record
+
+
+def _manifest(model: Any, profile: Profile, options: CompressOptions,
+              lossy: LossyPipeline | None, entries: list[dict[str, Any]], totals: _Totals,
+              trained: TrainedResidual | None, predictor: dict[str, Any] | None) -> dict[str, Any]:
+    codec: dict[str, Any] = {"mode": "hybrid" if lossy else "exact", "profile": profile.name,
+                             "lossless": lossy is None,
+                             "min_lossy_numel": options.min_lossy_numel,
+                             "lossy_1d": options.lossy_1d}
+    if lossy is not None:
+        q = lossy.quantizer.to_config()["configuration"]
+        codec.update({"prune_threshold": q.get("prune_threshold"),
+                      "prune_mode": q.get("prune_mode"),
+                      "quant_amp_bits": q.get("amp_bits"), "quant_phase_bits": q.get("phase_bits"),
+                      "transform": lossy.transform.id, "quantizer": lossy.quantizer.id,
+                      "coder": lossy.coder.id, "block_size": lossy.block_size})
+    snr = (10.0 * math.log10(totals.signal / totals.error)
+           if totals.error > 0 and totals.signal > 0 else None)
+    metrics: dict[str, Any] = {
+        "total_tensors": len(entries),
+        "encoded_tensors": len(entries),
+        "lossy_tensors": totals.lossy_tensors,
+        "exact_tensors": totals.exact_tensors,
+        "weights": totals.weights,
+        "original_bytes": totals.original_bytes,
+        "stored_bytes": totals.stored_bytes,
+        "compression_ratio": (round(totals.original_bytes / totals.stored_bytes, 4)
+                              if totals.stored_bytes else None),
+        "bits_per_weight": (round(8.0 * totals.stored_bytes / totals.weights, 4)
+                            if totals.weights else None),
+        "lossy_bits_per_weight": (round(8.0 * totals.lossy_payload / totals.lossy_weights, 4)
+                                  if totals.lossy_weights else None),
+        "weight_snr_db": round(snr, 4) if snr is not None else None,
+        "mean_tensor_snr_db": (round(float(np.mean(totals.tensor_snrs)), 4)
+                               if totals.tensor_snrs else None),
+        "kept_coeff_total": totals.kept,
+        "coeff_total": totals.coefficients,
+        "avg_sparsity": 1.0 - totals.kept / totals.coefficients if totals.coefficients else 0.0,
+        "predictor": predictor or {"trained": False},
+        "predictor_gain_db": predictor["holdout_gain_db"] if predictor else None,
+    }
+    return {
+        "type": "rft_hybrid_manifest_bundle",
+        "version": 2,
+        "generator": f"rftpack {__version__}",
+        "model_name": model.name,
+        "framework": model.framework,
+        "profile": profile.name,
+        "codec": codec,
+        "tensors": entries,
+        "predictor": predictor.get("file") if predictor else None,
+        "predictor_sha256": predictor.get("sha256") if predictor else None,
+        "metrics": metrics,
+    }
+
+
+def _path_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# ----------------------------------------------------------------------------------------------
+
+def open(path: str | os.PathLike) -> Archive:  # noqa: A001 - mirrors safetensors.safe_open
+    """Open an archive lazily: only the manifest is read until a tensor is asked for.
+
+    Example:
+        >>> with rftpack.open("model.rftp") as archive:     # doctest: +SKIP
+        ...     w = archive.get_tensor("embeddings.word_embeddings.weight")
+    """
+    return Archive(path)
+
+
+def archive_infos(archive: Archive) -> list[TensorInfo]:
+    """Names, dtypes and shapes of an archive's tensors (v1: read from the containers)."""
+    infos = []
+    for name in archive.keys():
+        entry = archive.entry(name)
+        if "dtype" in entry and "shape" in entry:
+            infos.append(TensorInfo(name, dtype_from_name(entry["dtype"]), tuple(entry["shape"])))
+        else:
+            container = archive.container(name)
+            dtype = container.get("dtype")
+            if dtype not in ("float16", "float64", "bfloat16"):
+                dtype = "float32"  # the reference decodes everything to float32
+            infos.append(TensorInfo(name, dtype_from_name(dtype),
+                                    tuple(container["original_shape"])))
+    return infos
+
+
+def extract(archive: str | os.PathLike, out: str | os.PathLike, *, format: str | None = None,
+            use_predictor: bool = True, progress: Progress = _no_progress) -> Path:
+    """Decode every tensor of an archive into a checkpoint file (.safetensors by default).
+
+    ``format``: ``"safetensors"``, ``"torch"`` (a ``torch.save`` state dict) or ``"npz"``;
+    by default taken from ``out``'s suffix. The file appears only once complete.
+
+    Example:
+        >>> extract("model.rftp", "restored.safetensors")   # doctest: +SKIP
+    """
+    with Archive(archive) as reader:
+        infos = archive_infos(reader)
+        with open_sink(out, infos, format) as sink:
+            for info in progress(infos):
+                sink.write(info.name, reader.get_tensor(info.name, use_predictor=use_predictor))
+    return Path(out)

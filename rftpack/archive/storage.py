@@ -1,0 +1,239 @@
+"""Where archive members live: a ZIP file or a directory. Both write atomically.
+
+ZIP: members are ``ZIP_STORED`` (payloads are already compressed) with fixed timestamps, written
+member by member into ``<name>.partial-<pid>``; the central directory is written last and the
+file renamed into place, so a file under the final name is always complete.
+
+Directory: each member is written to a temporary name and renamed; the manifest is written last,
+so a directory without ``manifest_hybrid.json`` is an incomplete archive.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import zipfile
+from pathlib import Path
+
+from rftpack.errors import FormatError, IncompleteArchiveError, OutputError
+
+MANIFEST = "manifest_hybrid.json"
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def check_member_path(member: object) -> str:
+    """A member path must be relative, normalized, and stay inside the archive.
+
+    >>> check_member_path("tensors/a.json")
+    'tensors/a.json'
+    """
+    if not isinstance(member, str) or not member or "\\" in member or "\x00" in member:
+        raise FormatError(f"archive member path {member!r} is not a relative path")
+    normalized = posixpath.normpath(member)
+    if (member.startswith("/") or normalized != member or normalized.startswith("..")
+            or ":" in normalized.split("/")[0]):
+        raise FormatError(f"archive member path {member!r} escapes the archive or is not "
+                          f"normalized")
+    return member
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class ArchiveStore:
+    """Write side. ``put`` members, then ``commit`` (or ``abort`` on failure)."""
+
+    def put(self, member: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+
+class ZipStore(ArchiveStore):
+    def __init__(self, path: Path, *, overwrite: bool = False) -> None:
+        self.path = path
+        if path.exists() and not overwrite:
+            raise OutputError(f"{path} exists; pass --force (overwrite=True) to replace it")
+        if path.is_dir():
+            raise OutputError(f"{path} is a directory; choose a file name for a zip archive")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+            self.zip = zipfile.ZipFile(self.temp, "w", compression=zipfile.ZIP_STORED,
+                                       allowZip64=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create {path}: {exc.strerror or exc}") from exc
+
+    def put(self, member: str, data: bytes) -> None:
+        info = zipfile.ZipInfo(check_member_path(member), date_time=_ZIP_EPOCH)
+        info.compress_type = zipfile.ZIP_STORED
+        info.external_attr = 0o644 << 16
+        try:
+            self.zip.writestr(info, data)
+        except OSError as exc:
+            self.abort()
+            raise OutputError(f"writing {member} into {self.path} failed: "
+                              f"{exc.strerror or exc}") from exc
+
+    def commit(self) -> None:
+        try:
+            self.zip.close()
+            with open(self.temp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(self.temp, self.path)
+            _fsync_dir(self.path.parent)
+        except OSError as exc:
+            self.abort()
+            raise OutputError(f"finishing {self.path} failed: {exc.strerror or exc}") from exc
+
+    def abort(self) -> None:
+        try:
+            self.zip.close()
+        except Exception:  # already broken; we are cleaning up
+            pass
+        self.temp.unlink(missing_ok=True)
+
+
+class DirectoryStore(ArchiveStore):
+    def __init__(self, path: Path, *, overwrite: bool = False) -> None:
+        self.path = path
+        self.written: list[Path] = []
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"{path} exists and is not a directory")
+        if path.is_dir() and any(path.iterdir()):
+            if not overwrite:
+                raise OutputError(f"{path} is not empty; pass --force (overwrite=True) to "
+                                  f"replace the archive in it")
+            # The old manifest goes first: from now on the directory reads as incomplete.
+            (path / MANIFEST).unlink(missing_ok=True)
+            for sub in ("tensors", "predictors"):
+                shutil.rmtree(path / sub, ignore_errors=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create {path}: {exc.strerror or exc}") from exc
+
+    def put(self, member: str, data: bytes) -> None:
+        target = self.path / check_member_path(member)
+        temp = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(temp, "wb") as handle:
+                handle.write(data)
+                if member == MANIFEST:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            os.replace(temp, target)
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            self.abort()
+            raise OutputError(f"writing {target} failed: {exc.strerror or exc}") from exc
+        self.written.append(target)
+
+    def commit(self) -> None:
+        _fsync_dir(self.path)
+
+    def abort(self) -> None:
+        for path in self.written:
+            path.unlink(missing_ok=True)
+        self.written.clear()
+
+
+class ArchiveSource:
+    """Read side: random access to members of a ZIP file or a directory."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._zip: zipfile.ZipFile | None = None
+        if self.path.is_dir():
+            if not (self.path / MANIFEST).is_file():
+                raise IncompleteArchiveError(
+                    f"{self.path} has no {MANIFEST}: not an rftpack archive, or an interrupted "
+                    f"compress run")
+            self.root = self.path.resolve()
+        elif self.path.is_file():
+            try:
+                self._zip = zipfile.ZipFile(self.path)
+            except zipfile.BadZipFile as exc:
+                raise IncompleteArchiveError(
+                    f"{self.path} is not a complete rftpack archive (no ZIP central directory: "
+                    f"not an archive, or an interrupted write)") from exc
+            except OSError as exc:
+                raise FormatError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+            if MANIFEST not in self._zip.NameToInfo:
+                raise IncompleteArchiveError(f"{self.path} has no {MANIFEST}")
+        else:
+            raise FormatError(f"{self.path} does not exist")
+
+    @property
+    def form(self) -> str:
+        return "zip" if self._zip is not None else "directory"
+
+    def exists(self, member: str) -> bool:
+        check_member_path(member)
+        if self._zip is not None:
+            return member in self._zip.NameToInfo
+        return self._resolve(member).is_file()
+
+    def _resolve(self, member: str) -> Path:
+        target = (self.root / check_member_path(member)).resolve()
+        if self.root not in target.parents:
+            raise FormatError(f"archive member {member!r} resolves outside the archive "
+                              f"(symlink?)")
+        return target
+
+    def size(self, member: str) -> int:
+        if self._zip is not None:
+            return self._info(member).file_size
+        return self._resolve(member).stat().st_size
+
+    def _info(self, member: str) -> zipfile.ZipInfo:
+        assert self._zip is not None
+        try:
+            return self._zip.getinfo(check_member_path(member))
+        except KeyError:
+            raise FormatError(f"{self.path}: member {member!r} is missing") from None
+
+    def read(self, member: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Bytes of a member, or of the range ``[offset, offset + length)`` of it."""
+        try:
+            if self._zip is not None:
+                info = self._info(member)
+                with self._zip.open(info) as handle:
+                    if info.compress_type == zipfile.ZIP_STORED and offset:
+                        handle.seek(offset)
+                    elif offset:
+                        handle.read(offset)
+                    data = handle.read() if length is None else handle.read(length)
+            else:
+                target = self._resolve(member)
+                with open(target, "rb") as handle:
+                    handle.seek(offset)
+                    data = handle.read() if length is None else handle.read(length)
+        except FileNotFoundError:
+            raise FormatError(f"{self.path}: member {member!r} is missing") from None
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise FormatError(f"{self.path}: cannot read {member!r}: {exc}") from exc
+        if length is not None and len(data) != length:
+            raise FormatError(f"{self.path}: {member!r} is shorter than declared "
+                              f"({offset + len(data)} < {offset + length} bytes)")
+        return data
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()

@@ -1,0 +1,450 @@
+"""One tensor through the pipeline: numpy array <-> container dict + payload bytes.
+
+Two paths, both recorded in the container's ``stages`` list:
+
+* **lossy** (``codec.mode == "hybrid"``): float tensors, cut into blocks of ``block_size``
+  weights; per block transform → quantizer → coder, one coded segment per quantizer stream.
+  Non-finite values are set aside and stored exactly.
+* **exact** (``codec.mode == "exact"``): any dtype; the little-endian bytes of each block,
+  optionally byte-shuffled (byte planes, as blosc does), go through the coder.
+
+Segments are byte ranges of the tensor's payload: ``{"offset", "length"}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from rftpack.dtypes import LOSSY_CAPABLE, dtype_from_name, dtype_name, to_little_endian
+from rftpack.errors import FormatError, StageError
+from rftpack.plugins import provider_of, stage_from_config
+from rftpack.stages.bands import geometric_bands
+from rftpack.stages.base import Coder, PolarView, Quantizer, Stage, Transform
+
+CONTAINER_TYPE = "rft_hybrid_tensor"
+CONTAINER_VERSION = 2
+MAX_BLOCK_SIZE = 1 << 26
+
+#: refine factory: given a block's bands, returns a function correcting a PolarView.
+RefineFactory = Callable[[list[tuple[int, int]]], Callable[[PolarView], tuple[np.ndarray, np.ndarray]]]
+#: sampler: observes (tensor name, view, true coefficients, bands) while encoding.
+Sampler = Callable[[str, PolarView, np.ndarray, list[tuple[int, int]]], None]
+
+
+@dataclass(frozen=True)
+class LossyPipeline:
+    """transform → quantizer → coder on blocks of float weights.
+
+    Example:
+        >>> from rftpack.profiles import hybrid_pipeline
+        >>> p = hybrid_pipeline()
+        >>> [s.id for s in p.stages()]
+        ['rft', 'polar', 'rans']
+    """
+
+    transform: Transform
+    quantizer: Quantizer
+    coder: Coder
+    block_size: int = 1 << 20
+    band_min: int = 64
+    band_growth: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.block_size <= MAX_BLOCK_SIZE:
+            raise StageError(f"block_size must be in [1, {MAX_BLOCK_SIZE}], got {self.block_size}")
+        if self.band_min < 1 or not self.band_growth >= 1.0:
+            raise StageError("bands: min_band must be ≥ 1 and growth ≥ 1.0")
+
+    def stages(self) -> list[Stage]:
+        return [self.transform, self.quantizer, self.coder]
+
+    def bands(self, block_len: int) -> list[tuple[int, int]]:
+        return geometric_bands(self.transform.coefficient_count(block_len), self.band_min,
+                               self.band_growth)
+
+    def max_bands(self) -> int:
+        """Band count of a full block: the one-hot width a shared predictor needs."""
+        return len(self.bands(self.block_size))
+
+
+@dataclass(frozen=True)
+class ExactPipeline:
+    """Bit-exact storage: little-endian bytes (byte-shuffled by default) → coder."""
+
+    coder: Coder
+    byte_shuffle: bool = True
+    block_size: int = 1 << 22
+
+    def stages(self) -> list[Stage]:
+        return [self.coder]
+
+
+@dataclass
+class EncodedTensor:
+    """A container (JSON-ready dict) and the payload its segments point into."""
+
+    container: dict[str, Any]
+    payload: bytes
+    snr_db: float | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class _PayloadBuilder:
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, data: bytes, count: int) -> dict[str, int]:
+        seg = {"offset": self.size, "length": len(data), "count": count}
+        self.parts.append(data)
+        self.size += len(data)
+        return seg
+
+    def bytes(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def stage_record(stage: Stage) -> dict[str, Any]:
+    """How a container records one stage: enough to rebuild it, and to say what to install."""
+    config = stage.to_config()
+    return {"kind": stage.kind, "name": config["name"], "configuration": config["configuration"],
+            "format_version": stage.format_version, "provider": provider_of(stage.kind, stage.id)}
+
+
+def _base_container(name: str, array: np.ndarray) -> dict[str, Any]:
+    return {
+        "type": CONTAINER_TYPE,
+        "version": CONTAINER_VERSION,
+        "name": name,
+        "dtype": dtype_name(array.dtype),
+        "original_shape": list(array.shape),
+        "numel": int(array.size),
+    }
+
+
+def is_lossy_candidate(array: np.ndarray, *, min_numel: int = 1024, lossy_1d: bool = False) -> bool:
+    """Default policy: floats with ≥ ``min_numel`` weights and ≥ 2 dims go through the lossy path.
+
+    Biases, norms and other small tensors cost almost nothing and are sensitive: kept exact.
+    """
+    if dtype_name(array.dtype) not in LOSSY_CAPABLE or array.size < max(1, min_numel):
+        return False
+    return lossy_1d or array.ndim >= 2
+
+
+def encode_exact(name: str, array: np.ndarray, pipeline: ExactPipeline) -> EncodedTensor:
+    """Store ``array`` bit-exactly.
+
+    Example:
+        >>> from rftpack.profiles import exact_pipeline
+        >>> enc = encode_exact("ids", np.arange(5), exact_pipeline())
+        >>> enc.container["codec"]["mode"]
+        'exact'
+    """
+    array = to_little_endian(np.asarray(array))
+    flat = array.reshape(-1)
+    itemsize = array.dtype.itemsize
+    builder = _PayloadBuilder()
+    blocks = []
+    for start in range(0, flat.shape[0], pipeline.block_size):
+        chunk = np.ascontiguousarray(flat[start:start + pipeline.block_size])
+        raw = chunk.view(np.uint8)
+        if pipeline.byte_shuffle and itemsize > 1:
+            raw = np.ascontiguousarray(raw.reshape(-1, itemsize).T).reshape(-1)
+        data = pipeline.coder.encode(raw, 256)
+        blocks.append({"count": int(chunk.shape[0]),
+                       "streams": {"bytes": builder.add(data, int(raw.shape[0]))}})
+    payload = builder.bytes()
+    container = _base_container(name, array)
+    container.update({
+        "codec": {"mode": "exact", "byte_shuffle": pipeline.byte_shuffle},
+        "stages": [stage_record(pipeline.coder)],
+        "block_size": pipeline.block_size,
+        "payload": _payload_record(payload, blocks),
+    })
+    _add_size_stats(container, payload, array)
+    return EncodedTensor(container, payload, snr_db=math.inf, stats={})
+
+
+def encode_lossy(name: str, array: np.ndarray, pipeline: LossyPipeline,
+                 sampler: Sampler | None = None) -> EncodedTensor:
+    """Encode a float tensor through transform → quantizer → coder, block by block.
+
+    Example:
+        >>> from rftpack.profiles import hybrid_pipeline
+        >>> x = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+        >>> enc = encode_lossy("w", x, hybrid_pipeline())
+        >>> enc.snr_db > 20
+        True
+    """
+    array = to_little_endian(np.asarray(array))
+    if dtype_name(array.dtype) not in LOSSY_CAPABLE:
+        raise StageError(f"tensor {name!r}: dtype {array.dtype} cannot take the lossy path")
+    flat = array.reshape(-1)
+    builder = _PayloadBuilder()
+    blocks: list[dict[str, Any]] = []
+    nonfinite_index: list[np.ndarray] = []
+    signal = error = 0.0
+    kept_total = coeff_total = 0
+    quantizer, coder = pipeline.quantizer, pipeline.coder
+    for start in range(0, flat.shape[0], pipeline.block_size):
+        x = flat[start:start + pipeline.block_size].astype(np.float64)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            nonfinite_index.append(np.flatnonzero(bad) + start)
+            x[bad] = 0.0
+        coefficients = pipeline.transform.forward(x)
+        count = int(coefficients.shape[0])
+        bands = pipeline.bands(x.shape[0])
+        streams, side = quantizer.quantize(coefficients, bands)
+        symbols = {key: codes.symbols for key, codes in streams.items()}
+        _check_streams(quantizer, streams, side)
+        record = {"count": int(x.shape[0]), "coefficients": count, "side": side, "streams": {}}
+        for key in sorted(streams):
+            data = coder.encode(streams[key].symbols, streams[key].alphabet)
+            record["streams"][key] = builder.add(data, int(streams[key].symbols.shape[0]))
+        blocks.append(record)
+        if sampler is not None and quantizer.polar:
+            sampler(name, quantizer.view(symbols, side, count), coefficients, bands)
+        rebuilt = pipeline.transform.inverse(quantizer.dequantize(symbols, side, count), x.shape[0])
+        if rebuilt.shape != x.shape or not np.all(np.isfinite(rebuilt)):
+            raise StageError(f"tensor {name!r}: stages {[s.id for s in pipeline.stages()]} "
+                             f"returned a reconstruction of shape {rebuilt.shape} with non-finite "
+                             f"values or the wrong length (expected {x.shape})")
+        signal += float(np.dot(x, x))
+        error += float(np.dot(x - rebuilt, x - rebuilt))
+        kept_total += int(side.get("kept", count)) if isinstance(side.get("kept"), int) else count
+        coeff_total += count
+    container = _base_container(name, array)
+    q = quantizer.to_config()["configuration"]
+    container["codec"] = {
+        "mode": "hybrid",
+        "quant_amp_bits": q.get("amp_bits"),
+        "quant_phase_bits": q.get("phase_bits"),
+        "prune_threshold": q.get("prune_threshold"),
+        "prune_mode": q.get("prune_mode"),
+        "residual_predictor_ref": None,
+        "band_min": pipeline.band_min,
+        "band_growth": pipeline.band_growth,
+    }
+    container["stages"] = [stage_record(s) for s in pipeline.stages()]
+    container["block_size"] = pipeline.block_size
+    first_len = min(pipeline.block_size, int(flat.shape[0]))
+    container["bands"] = [{"id": i, "start": s, "end": e}
+                          for i, (s, e) in enumerate(pipeline.bands(first_len))]
+    container["kept_coeff"] = kept_total
+    container["total_coeff"] = coeff_total
+    container["sparsity"] = 1.0 - kept_total / coeff_total if coeff_total else 0.0
+    extra = {}
+    if nonfinite_index:
+        index = np.concatenate(nonfinite_index).astype("<u8")
+        values = np.ascontiguousarray(flat[index])
+        extra["nonfinite"] = {
+            "count": int(index.shape[0]),
+            "index": builder.add(index.tobytes(), int(index.shape[0])),
+            "values": builder.add(values.tobytes(), int(index.shape[0])),
+        }
+    payload = builder.bytes()
+    container["payload"] = _payload_record(payload, blocks, extra)
+    _add_size_stats(container, payload, array)
+    container["bitrate_coeff"] = 8.0 * len(payload) / coeff_total if coeff_total else 0.0
+    snr = 10.0 * math.log10(signal / error) if error > 0 else math.inf
+    container["snr_db"] = round(snr, 4) if math.isfinite(snr) else None
+    return EncodedTensor(container, payload, snr_db=snr,
+                         stats={"signal": signal, "error": error})
+
+
+def _check_streams(quantizer: Quantizer, streams: dict[str, Any], side: dict[str, Any]) -> None:
+    for key, codes in streams.items():
+        symbols = codes.symbols
+        if symbols.ndim != 1 or symbols.dtype.kind not in "ui":
+            raise StageError(f"quantizer {quantizer.id!r} returned stream {key!r} that is not a "
+                             f"1-D integer array ({symbols.dtype}, ndim {symbols.ndim})")
+        if symbols.size and (int(symbols.min()) < 0 or int(symbols.max()) >= codes.alphabet):
+            raise StageError(f"quantizer {quantizer.id!r} returned stream {key!r} with symbols "
+                             f"outside its alphabet [0, {codes.alphabet})")
+
+
+def _payload_record(payload: bytes, blocks: list[dict[str, Any]],
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    record: dict[str, Any] = {"encoding": "binary", "size": len(payload),
+                              "sha256": hashlib.sha256(payload).hexdigest(), "blocks": blocks}
+    record.update(extra or {})
+    return record
+
+
+def _add_size_stats(container: dict[str, Any], payload: bytes, array: np.ndarray) -> None:
+    container["stored_bytes"] = len(payload)
+    container["bits_per_weight"] = 8.0 * len(payload) / array.size if array.size else 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# decoding
+
+def iter_segments(container: dict[str, Any]):
+    """Every segment record of a container (for checks and base64 conversion)."""
+    payload = container.get("payload") or {}
+    for block in payload.get("blocks") or []:
+        yield from (block.get("streams") or {}).values()
+    nonfinite = payload.get("nonfinite")
+    if nonfinite:
+        yield nonfinite["index"]
+        yield nonfinite["values"]
+
+
+def pipeline_of(container: dict[str, Any]) -> LossyPipeline | ExactPipeline:
+    """Rebuild the pipeline a container was written with, from its recorded stages alone."""
+    codec = container.get("codec") or {}
+    records = container.get("stages")
+    if not isinstance(records, list) or not records:
+        raise FormatError("container has no 'stages' list")
+    for record in records:
+        if not isinstance(record, dict) or not isinstance(record.get("kind"), str):
+            raise FormatError(f"stage record must be an object with a 'kind': {record!r}")
+    stages = [stage_from_config(r["kind"], r) for r in records]
+    for record, stage in zip(records, stages, strict=True):
+        version = record.get("format_version", 1)
+        if not isinstance(version, int) or version > stage.format_version:
+            raise StageError(f"{stage.kind} stage {stage.id!r} wrote format version {version}, "
+                             f"but the installed one reads up to {stage.format_version}: upgrade "
+                             f"the package {record.get('provider', 'rftpack')!r}")
+    block_size = container.get("block_size")
+    if not isinstance(block_size, int) or not 1 <= block_size <= MAX_BLOCK_SIZE:
+        raise FormatError(f"block_size must be an integer in [1, {MAX_BLOCK_SIZE}]")
+    kinds = [s.kind for s in stages]
+    if codec.get("mode") == "exact":
+        if kinds != ["coder"]:
+            raise FormatError(f"exact containers take exactly one coder stage, found {kinds}")
+        return ExactPipeline(stages[0], bool(codec.get("byte_shuffle", False)), block_size)
+    if kinds != ["transform", "quantizer", "coder"]:
+        raise FormatError(f"lossy containers take transform, quantizer, coder in order; "
+                          f"found {kinds}")
+    try:
+        return LossyPipeline(*stages, block_size=block_size,  # type: ignore[arg-type]
+                             band_min=codec.get("band_min", 64),
+                             band_growth=codec.get("band_growth", 2.0))
+    except (StageError, TypeError) as exc:
+        raise FormatError(f"container pipeline is invalid: {exc}") from exc
+
+
+def decode_container(container: dict[str, Any], read_segment: Callable[[dict[str, Any]], bytes],
+                     refine: RefineFactory | None = None) -> np.ndarray:
+    """Decode a version-2 container; ``read_segment(seg)`` returns a segment's bytes.
+
+    ``refine`` (a residual predictor) is applied to polar quantizers only.
+    """
+    dtype = dtype_from_name(container.get("dtype"))
+    shape = container.get("original_shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise FormatError(f"original_shape must be a list of non-negative integers: {shape!r}")
+    numel = math.prod(shape)
+    if container.get("numel", numel) != numel:
+        raise FormatError(f"numel {container.get('numel')} disagrees with shape {shape}")
+    pipeline = pipeline_of(container)
+    blocks = (container.get("payload") or {}).get("blocks")
+    if not isinstance(blocks, list):
+        raise FormatError("payload.blocks must be a list")
+    counts = [b.get("count") if isinstance(b, dict) else None for b in blocks]
+    if not all(isinstance(c, int) and 0 < c <= pipeline.block_size for c in counts) \
+            or sum(counts) != numel:  # type: ignore[arg-type]
+        raise FormatError(f"payload blocks cover {counts} weights, but the tensor has {numel} "
+                          f"(block size {pipeline.block_size})")
+    out = np.empty(numel, dtype=dtype)
+    start = 0
+    for block, count in zip(blocks, counts, strict=True):
+        if isinstance(pipeline, ExactPipeline):
+            out[start:start + count] = _decode_exact_block(block, count, dtype, pipeline,
+                                                           read_segment)
+        else:
+            x = _decode_lossy_block(block, count, pipeline, read_segment, refine)
+            out[start:start + count] = _cast_float(x, dtype)
+        start += count
+    nonfinite = (container.get("payload") or {}).get("nonfinite")
+    if nonfinite:
+        _restore_nonfinite(out, nonfinite, dtype, read_segment)
+    return out.reshape(shape)
+
+
+def _stream_bytes(block: dict[str, Any], key: str, read_segment) -> tuple[bytes, int]:
+    streams = block.get("streams")
+    if not isinstance(streams, dict) or not isinstance(streams.get(key), dict):
+        raise FormatError(f"block is missing stream {key!r}")
+    seg = streams[key]
+    count = seg.get("count")
+    if not isinstance(count, int) or count < 0:
+        raise FormatError(f"stream {key!r} has no valid symbol count")
+    return read_segment(seg), count
+
+
+def _decode_exact_block(block, count, dtype, pipeline: ExactPipeline, read_segment) -> np.ndarray:
+    itemsize = dtype.itemsize
+    data, symbols = _stream_bytes(block, "bytes", read_segment)
+    if symbols != count * itemsize:
+        raise FormatError(f"exact block declares {symbols} bytes for {count} × {itemsize}")
+    raw = np.asarray(pipeline.coder.decode(data, symbols, 256), dtype=np.uint8)
+    if raw.shape != (symbols,):
+        raise StageError(f"coder {pipeline.coder.id!r} returned {raw.shape[0]} bytes, "
+                         f"expected {symbols}")
+    if pipeline.byte_shuffle and itemsize > 1:
+        raw = np.ascontiguousarray(raw.reshape(itemsize, count).T).reshape(-1)
+    return raw.view(dtype.newbyteorder("<") if dtype.byteorder != "|" else dtype).astype(dtype)
+
+
+def _decode_lossy_block(block, count, pipeline: LossyPipeline, read_segment,
+                        refine: RefineFactory | None) -> np.ndarray:
+    coefficients_count = pipeline.transform.coefficient_count(count)
+    if block.get("coefficients", coefficients_count) != coefficients_count:
+        raise FormatError("block coefficient count disagrees with its transform")
+    side = block.get("side")
+    if not isinstance(side, dict):
+        raise FormatError("lossy block has no side info")
+    alphabets = pipeline.quantizer.stream_alphabets(side)
+    streams = {}
+    for key in sorted((block.get("streams") or {})):
+        if key not in alphabets:
+            raise FormatError(f"block has stream {key!r}, unknown to quantizer "
+                              f"{pipeline.quantizer.id!r}")
+        data, symbols = _stream_bytes(block, key, read_segment)
+        if symbols > coefficients_count:
+            raise FormatError(f"stream {key!r} declares {symbols} symbols for "
+                              f"{coefficients_count} coefficients")
+        decoded = pipeline.coder.decode(data, symbols, alphabets[key])
+        if decoded.shape != (symbols,):
+            raise StageError(f"coder {pipeline.coder.id!r} returned {decoded.shape} symbols for "
+                             f"stream {key!r}, expected {symbols}")
+        streams[key] = decoded
+    corrector = None
+    if refine is not None and pipeline.quantizer.polar:
+        corrector = refine(pipeline.bands(count))
+    coefficients = pipeline.quantizer.dequantize(streams, side, coefficients_count, corrector)
+    return pipeline.transform.inverse(coefficients, count)
+
+
+def _cast_float(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    # Reconstruction error must not overflow a narrow float into ±inf: clip to its finite range.
+    if dtype != np.float64:
+        limit = float(ml_dtypes.finfo(dtype).max)
+        x = np.clip(x, -limit, limit)
+    return x.astype(dtype)
+
+
+def _restore_nonfinite(out: np.ndarray, record: dict[str, Any], dtype: np.dtype,
+                       read_segment) -> None:
+    count = record.get("count")
+    if not isinstance(count, int) or not 0 <= count <= out.shape[0]:
+        raise FormatError("nonfinite.count is invalid")
+    index = np.frombuffer(read_segment(record["index"]), dtype="<u8")
+    values = np.frombuffer(read_segment(record["values"]), dtype=dtype.newbyteorder("<")
+                           if dtype.byteorder != "|" else dtype)
+    if index.shape[0] != count or values.shape[0] != count:
+        raise FormatError("nonfinite index/values do not hold the declared count")
+    if count and int(index.max()) >= out.shape[0]:
+        raise FormatError("nonfinite index points outside the tensor")
+    out[index.astype(np.int64)] = values

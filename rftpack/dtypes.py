@@ -1,0 +1,55 @@
+"""The tensor dtypes rftpack stores, by the names containers use."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+
+from rftpack.errors import FormatError
+
+DTYPES: dict[str, np.dtype] = {
+    "float64": np.dtype(np.float64),
+    "float32": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
+    "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2),
+    "int64": np.dtype(np.int64),
+    "int32": np.dtype(np.int32),
+    "int16": np.dtype(np.int16),
+    "int8": np.dtype(np.int8),
+    "uint64": np.dtype(np.uint64),
+    "uint32": np.dtype(np.uint32),
+    "uint16": np.dtype(np.uint16),
+    "uint8": np.dtype(np.uint8),
+    "bool": np.dtype(np.bool_),
+}
+#: dtypes the lossy pipeline may touch; everything else is stored exactly.
+LOSSY_CAPABLE = frozenset({"float64", "float32", "float16", "bfloat16"})
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    """Container name of a numpy dtype.
+
+    >>> dtype_name(np.dtype("float32"))
+    'float32'
+    """
+    dtype = np.dtype(dtype)
+    for name, known in DTYPES.items():
+        if known == dtype and known.name == dtype.name:
+            return name
+    raise FormatError(f"dtype {dtype} is not supported; supported: {', '.join(DTYPES)}")
+
+
+def dtype_from_name(name: object) -> np.dtype:
+    """numpy dtype for a container dtype name; unknown names are a FormatError."""
+    if not isinstance(name, str) or name not in DTYPES:
+        raise FormatError(f"unknown tensor dtype {name!r}; supported: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def to_little_endian(array: np.ndarray) -> np.ndarray:
+    """The array with a little-endian (or byte-order-free) dtype."""
+    if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and np.little_endian is False):
+        return array.astype(array.dtype.newbyteorder("<"))
+    return array

@@ -1,0 +1,1 @@
+"""The archive's JSON documents: manifest, tensor containers, predictor; schemas; version 1."""

@@ -1,0 +1,97 @@
+"""Named presets of stage configs. A profile is data: stage ids and parameters.
+
+Example:
+    >>> from rftpack.profiles import PROFILES
+    >>> sorted(PROFILES)
+    ['hybrid', 'lossless']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rftpack.codec import ExactPipeline, LossyPipeline
+from rftpack.errors import StageError
+from rftpack.plugins import get_stage
+from rftpack.stages.base import Coder, Quantizer, Transform
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Stage configs for the lossy path, the exact path, and the residual predictor."""
+
+    name: str
+    description: str
+    transform: dict[str, Any] | None
+    quantizer: dict[str, Any] | None
+    coder: dict[str, Any] | None
+    exact_coder: dict[str, Any] = field(default_factory=lambda: {"name": "zstd",
+                                                                 "configuration": {"level": 3}})
+    predictor: dict[str, Any] | None = None
+    block_size: int = 1 << 20
+    lossy: bool = True
+
+
+PROFILES: dict[str, Profile] = {
+    "hybrid": Profile(
+        name="hybrid",
+        description="the spec's hybrid RFT codec: Φ-phase FFT, polar 6/5-bit codes, rANS, "
+                    "learned residual predictor (kept only where it helps)",
+        transform={"name": "rft", "configuration": {}},
+        quantizer={"name": "polar", "configuration": {"amp_bits": 6, "phase_bits": 5,
+                                                       "prune_threshold": 0.05,
+                                                       "prune_mode": "relative"}},
+        coder={"name": "rans", "configuration": {}},
+        predictor={"name": "mlp", "configuration": {}},
+    ),
+    "lossless": Profile(
+        name="lossless",
+        description="every tensor bit-exact: byte-shuffled little-endian bytes, zstd",
+        transform=None, quantizer=None, coder=None, lossy=False,
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """A profile by name; unknown names list the available ones."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise StageError(f"unknown profile {name!r}; available: {', '.join(sorted(PROFILES))}") \
+            from None
+
+
+def build_stage(kind: str, config: dict[str, Any]):
+    """Instantiate a stage from ``{"name", "configuration"}`` through the plugin registry."""
+    cls = get_stage(kind, config["name"])
+    return cls.from_config({"name": config["name"],
+                            "configuration": dict(config.get("configuration") or {})})
+
+
+def hybrid_pipeline(**quantizer_overrides: Any) -> LossyPipeline:
+    """The default lossy pipeline of the ``hybrid`` profile (overrides go to the quantizer).
+
+    >>> hybrid_pipeline(amp_bits=5).quantizer.amp_bits
+    5
+    """
+    profile = PROFILES["hybrid"]
+    qconf = {**profile.quantizer["configuration"], **quantizer_overrides}  # type: ignore[index]
+    transform = build_stage("transform", profile.transform)  # type: ignore[arg-type]
+    quantizer = build_stage("quantizer", {"name": "polar", "configuration": qconf})
+    coder = build_stage("coder", profile.coder)  # type: ignore[arg-type]
+    assert isinstance(transform, Transform) and isinstance(quantizer, Quantizer)
+    assert isinstance(coder, Coder)
+    return LossyPipeline(transform, quantizer, coder, block_size=profile.block_size)
+
+
+def exact_pipeline(coder: dict[str, Any] | None = None) -> ExactPipeline:
+    """Bit-exact pipeline (zstd level 3, byte shuffle) unless another coder is given.
+
+    >>> exact_pipeline().coder.id
+    'zstd'
+    """
+    config = coder or PROFILES["hybrid"].exact_coder
+    stage = build_stage("coder", config)
+    assert isinstance(stage, Coder)
+    return ExactPipeline(stage)

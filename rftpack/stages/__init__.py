@@ -1,0 +1,1 @@
+"""Pipeline stages: the abstract kinds (``base``) and one module per built-in stage id."""

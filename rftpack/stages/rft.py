@@ -1,0 +1,84 @@
+"""``rft``: the Φ-phase FFT ("closed-form RFT") of the reference codec.
+
+    Ψ = D_φ · C_σ · F,  F the unitary DFT,
+    C_kk = exp(iπ σ k² / n),  D_kk = exp(2πi β frac(k / φ)),  φ = (1 + √5) / 2.
+
+It is exactly unitary and its amplitudes equal the plain FFT's: it only rotates phases.
+For real input only the non-redundant half spectrum k = 0 … ⌊n/2⌋ is kept (real input of
+length n has n real degrees of freedom), computed with ``rfft``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from rftpack.errors import StageError
+from rftpack.stages.base import Transform
+
+GOLDEN_RATIO = (1.0 + np.sqrt(5.0)) / 2.0
+
+
+def phase_factors(n: int, k: np.ndarray, beta: float = 1.0, sigma: float = 1.0) -> np.ndarray:
+    """``D_kk · C_kk`` for the coefficient indices ``k`` of a length-``n`` transform.
+
+    >>> phase_factors(4, np.arange(1))
+    array([1.+0.j])
+    """
+    k = k.astype(np.float64)
+    # k² / n is formed as (k / n) · k so that large n stays exact enough in float64.
+    chirp = np.pi * sigma * (k / n) * k
+    golden = 2.0 * np.pi * beta * np.mod(k / GOLDEN_RATIO, 1.0)
+    return np.exp(1j * (chirp + golden))
+
+
+def forward_full(x: np.ndarray, beta: float = 1.0, sigma: float = 1.0) -> np.ndarray:
+    """All n complex coefficients (the reference's layout, no halving)."""
+    n = x.shape[0]
+    return phase_factors(n, np.arange(n), beta, sigma) * np.fft.fft(x, norm="ortho")
+
+
+def inverse_full(y: np.ndarray, beta: float = 1.0, sigma: float = 1.0) -> np.ndarray:
+    """Inverse of :func:`forward_full` (complex result)."""
+    n = y.shape[0]
+    return np.fft.ifft(np.conj(phase_factors(n, np.arange(n), beta, sigma)) * y, norm="ortho")
+
+
+@dataclass(frozen=True)
+class RFT(Transform):
+    """Φ-phase FFT (golden-ratio phase RFT), half spectrum for real input; exact inverse.
+
+    Example:
+        >>> x = np.arange(8.0)
+        >>> t = RFT()
+        >>> bool(np.allclose(t.inverse(t.forward(x), 8), x))
+        True
+    """
+
+    id: ClassVar[str] = "rft"
+    beta: float = 1.0
+    sigma: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.beta) and np.isfinite(self.sigma)):
+            raise StageError("rft: beta and sigma must be finite numbers")
+
+    def coefficient_count(self, n: int) -> int:
+        return n // 2 + 1 if n else 0
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        n = x.shape[0]
+        if n == 0:
+            return np.zeros(0, np.complex128)
+        spectrum = np.fft.rfft(x, norm="ortho")
+        spectrum *= phase_factors(n, np.arange(spectrum.shape[0]), self.beta, self.sigma)
+        return spectrum
+
+    def inverse(self, coefficients: np.ndarray, n: int) -> np.ndarray:
+        if n == 0:
+            return np.zeros(0, np.float64)
+        m = coefficients.shape[0]
+        unrotated = coefficients * np.conj(phase_factors(n, np.arange(m), self.beta, self.sigma))
+        return np.fft.irfft(unrotated, n=n, norm="ortho")
