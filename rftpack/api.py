@@ -33,7 +33,7 @@ from rftpack.codec import (
     is_lossy_candidate,
 )
 from rftpack.dtypes import dtype_from_name
-from rftpack.errors import InputError, StageError
+from rftpack.errors import InputError, OutputError, StageError
 from rftpack.io import TensorInfo, open_sink, open_source
 from rftpack.profiles import Profile, build_stage, get_profile
 from rftpack.residual import ResidualSampler, TrainedResidual
@@ -354,7 +354,8 @@ def archive_infos(archive: Archive) -> list[TensorInfo]:
 
 
 def extract(archive: str | os.PathLike, out: str | os.PathLike, *, format: str | None = None,
-            use_predictor: bool = True, progress: Progress = _no_progress) -> Path:
+            use_predictor: bool = True, overwrite: bool = False,
+            progress: Progress = _no_progress) -> Path:
     """Decode every tensor of an archive into a checkpoint file (.safetensors by default).
 
     ``format``: ``"safetensors"``, ``"torch"`` (a ``torch.save`` state dict) or ``"npz"``;
@@ -363,6 +364,8 @@ def extract(archive: str | os.PathLike, out: str | os.PathLike, *, format: str |
     Example:
         >>> extract("model.rftp", "restored.safetensors")   # doctest: +SKIP
     """
+    if Path(out).exists() and not overwrite:
+        raise OutputError(f"{out} exists; pass --force (overwrite=True) to replace it")
     with Archive(archive) as reader:
         infos = archive_infos(reader)
         with open_sink(out, infos, format) as sink:

@@ -33,7 +33,8 @@ CONTAINER_VERSION = 2
 MAX_BLOCK_SIZE = 1 << 26
 
 #: refine factory: given a block's bands, returns a function correcting a PolarView.
-RefineFactory = Callable[[list[tuple[int, int]]], Callable[[PolarView], tuple[np.ndarray, np.ndarray]]]
+Refine = Callable[[PolarView], tuple[np.ndarray, np.ndarray]]
+RefineFactory = Callable[[list[tuple[int, int]]], Refine]
 #: sampler: observes (tensor name, view, true coefficients, bands) while encoding.
 Sampler = Callable[[str, PolarView, np.ndarray, list[tuple[int, int]]], None]
 
@@ -407,7 +408,7 @@ def _decode_lossy_block(block, count, pipeline: LossyPipeline, read_segment,
         raise FormatError("lossy block has no side info")
     alphabets = pipeline.quantizer.stream_alphabets(side)
     streams = {}
-    for key in sorted((block.get("streams") or {})):
+    for key in sorted(block.get("streams") or {}):
         if key not in alphabets:
             raise FormatError(f"block has stream {key!r}, unknown to quantizer "
                               f"{pipeline.quantizer.id!r}")

@@ -8,6 +8,7 @@ import zipfile
 
 import numpy as np
 
+from rftpack.errors import OutputError
 from rftpack.io.dtypes import EXTENSION_DTYPES
 from rftpack.io.npz_source import DTYPES_MEMBER
 from rftpack.io.sink import ModelSink
@@ -27,6 +28,8 @@ class NpzSink(ModelSink):
     _zip: zipfile.ZipFile | None = None
 
     def _start(self) -> None:
+        if any(info.name == DTYPES_MEMBER for info in self.infos):
+            raise OutputError(f"{self.path}: tensor name {DTYPES_MEMBER!r} is reserved")
         self._zip = zipfile.ZipFile(self.temp_path, "w", zipfile.ZIP_STORED, allowZip64=True)
         self._extension: dict[str, str] = {}
 

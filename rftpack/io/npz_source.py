@@ -20,7 +20,7 @@ from rftpack.io.dtypes import EXTENSION_DTYPES, is_supported, little_endian
 from rftpack.io.source import ModelSource
 from rftpack.io.tensor_info import TensorInfo
 
-#: Zip member (not an array) naming the ml_dtypes dtype of raw-void arrays.
+#: Zip member (not an array): tensor name -> ml_dtypes dtype name, for raw-stored arrays.
 DTYPES_MEMBER = "__rftpack_dtypes__.json"
 
 
@@ -35,12 +35,16 @@ class NpzSource(ModelSource):
     def __init__(self, path: Path, name: str | None = None) -> None:
         super().__init__(path, name or path.stem, "npz")
         try:
-            self._npz: Any = np.load(path, allow_pickle=False)
+            self._file = open(path, "rb")  # closed in close(); np.load leaks it on bad zips
         except OSError as exc:
             raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        try:
+            self._npz: Any = np.load(self._file, allow_pickle=False)
         except Exception as exc:  # numpy/zipfile raise many types on garbage
+            self._file.close()
             raise InputError(f"{path}: not a valid .npz file ({exc})") from None
         if not isinstance(self._npz, np.lib.npyio.NpzFile):
+            self._file.close()
             raise InputError(f"{path}: is a single .npy array, not an .npz archive")
         try:
             self._infos = self._read_infos()
@@ -60,10 +64,7 @@ class NpzSource(ModelSource):
                 dtype = _override(self.path, key, dtype, overrides[key])
             dtype = dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
             if not is_supported(dtype):
-                hint = " (raw bytes: bfloat16/float8 need rftpack's dtype map)" * (
-                    dtype.kind == "V"
-                )
-                raise InputError(f"{self.path}: tensor {key!r} has unsupported dtype {dtype}{hint}")
+                raise InputError(f"{self.path}: tensor {key!r} has {_unsupported(dtype)}")
             infos.append(TensorInfo(key, dtype, shape))
         return infos
 
@@ -110,6 +111,13 @@ class NpzSource(ModelSource):
 
     def close(self) -> None:
         self._npz.close()
+        self._file.close()
+
+
+def _unsupported(dtype: np.dtype) -> str:
+    if dtype.kind == "V":
+        return f"raw {dtype} bytes (bfloat16/float8 need the {DTYPES_MEMBER} map of rftpack)"
+    return f"unsupported dtype {dtype}"
 
 
 def _override(path: Path, key: str, stored: np.dtype, name: Any) -> np.dtype:

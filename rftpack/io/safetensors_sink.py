@@ -7,7 +7,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from rftpack.io.safetensors_format import build_header
+from rftpack.errors import OutputError
+from rftpack.io.safetensors_format import METADATA_KEY, build_header
 from rftpack.io.sink import ModelSink
 from rftpack.io.tensor_info import TensorInfo
 
@@ -24,6 +25,8 @@ class SafetensorsSink(ModelSink):
     _file: BinaryIO | None = None
 
     def _start(self) -> None:
+        if any(info.name == METADATA_KEY for info in self.infos):
+            raise OutputError(f"{self.path}: tensor name {METADATA_KEY!r} is reserved")
         self._file = open(self.temp_path, "wb")  # closed in _finish or _discard
         self._file.write(build_header(self.infos, {"format": "pt"}))
 

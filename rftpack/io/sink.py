@@ -123,7 +123,7 @@ class ModelSink:
         self._finished = True
         with contextlib.suppress(OSError):
             self._discard()
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # missing, or never creatable in the first place
             self.temp_path.unlink()
 
     def _disk_error(self, exc: OSError) -> OutputError:

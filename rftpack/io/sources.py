@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 from rftpack.errors import InputError
@@ -81,7 +82,32 @@ def _open_file(path: Path, name: str) -> ModelSource:
         if all(s.lower().endswith(TORCH_SUFFIXES) for s in shards):
             return TorchSource(path, name)
         raise InputError(f"{path}: index lists shards of unknown or mixed kinds")
+    kind = _sniff(path)
+    if kind == "safetensors":
+        return SafetensorsSource(path, name)
+    if kind == "npz":
+        return NpzSource(path, name)
+    if kind == "pytorch":
+        return TorchSource(path, name)
     raise InputError(
         f"{path}: unknown checkpoint type (expected .safetensors, .bin, .pt, .pth, .npz "
         "or a sharded *.index.json)"
     )
+
+
+def _sniff(path: Path) -> str | None:
+    """Guess the format of a file without a known suffix from its first bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+            if head[:4] == b"PK\x03\x04":
+                with zipfile.ZipFile(f) as zf:
+                    names = zf.namelist()
+                return "pytorch" if any(n.endswith("/data.pkl") for n in names) else "npz"
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head[:1] == b"\x80":  # a pickle protocol marker: legacy torch.save
+        return "pytorch"
+    return None

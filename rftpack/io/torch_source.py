@@ -116,7 +116,7 @@ def _state_dict(file: Path, obj: Any) -> dict[str, Any]:
             raise InputError(f"{file}: state dict key {prefix}{key!r} is not a string")
         where = f"{file}: {'entry' if prefix else 'key'} {prefix + key!r}"
         if not isinstance(value, torch.Tensor):
-            raise InputError(f"{where} is a {type(value).__name__}, not a tensor")
+            raise InputError(f"{where} holds a {type(value).__name__} value, not a tensor")
         if value.layout != torch.strided or value.is_quantized:
             raise InputError(f"{where} is a sparse or quantized tensor (unsupported)")
     return obj

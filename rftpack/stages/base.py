@@ -43,14 +43,15 @@ class Stage:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Stage:
-        """Rebuild a stage from ``{"name": id, "configuration": {...}}``; unknown keys are errors."""
+        """Rebuild a stage from ``{"name": id, "configuration": {...}}`` (unknown keys: error)."""
         if config.get("name") != cls.id:
             raise StageError(f"config names stage {config.get('name')!r}, expected {cls.id!r}")
         params = dict(config.get("configuration") or {})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(params) - known)
         if unknown:
-            raise StageError(f"stage {cls.id!r}: unknown parameter(s) {unknown}; known: {sorted(known)}")
+            raise StageError(f"stage {cls.id!r}: unknown parameter(s) {unknown}; "
+                             f"known: {sorted(known)}")
         try:
             return cls(**params)
         except (TypeError, ValueError) as exc:

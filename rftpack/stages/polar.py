@@ -138,11 +138,16 @@ class PolarQuantizer(Quantizer):
     def dequantize(self, streams: dict[str, np.ndarray], side: dict[str, Any], count: int,
                    refine: Any = None) -> np.ndarray:
         view = self.view(streams, side, count)
-        log_amp, phase = view.log_amp, view.phase
+        out = np.zeros(count, np.complex128)
         if refine is not None:
             log_amp, phase = refine(view)
-        out = np.zeros(count, np.complex128)
-        out[view.index] = np.exp(log_amp) * np.exp(1j * phase)
+            out[view.index] = np.exp(log_amp) * np.exp(1j * phase)
+            return out
+        # Codes take few values: look amplitudes and unit phasors up in small tables.
+        lo, _ = view.amp_range
+        amp_table = np.exp(lo + np.arange(1 << self.amp_bits) * view.amp_step)
+        phasor_table = np.exp(1j * (-math.pi + np.arange(1 << self.phase_bits) * self.phase_step))
+        out[view.index] = amp_table[streams["amp_codes"]] * phasor_table[streams["phase_codes"]]
         return out
 
 

@@ -10,6 +10,7 @@ length n has n real degrees of freedom), computed with ``rfft``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -27,6 +28,20 @@ def phase_factors(n: int, k: np.ndarray, beta: float = 1.0, sigma: float = 1.0) 
     >>> phase_factors(4, np.arange(1))
     array([1.+0.j])
     """
+    if k.shape[0] and k[0] == 0 and k[-1] == k.shape[0] - 1:
+        return _prefix_factors(n, int(k.shape[0]), float(beta), float(sigma))
+    return _compute_factors(n, k, beta, sigma)
+
+
+@functools.lru_cache(maxsize=4)
+def _prefix_factors(n: int, m: int, beta: float, sigma: float) -> np.ndarray:
+    # Blocks repeat (every full block has the same n), and forward/inverse pair up: cache.
+    factors = _compute_factors(n, np.arange(m), beta, sigma)
+    factors.setflags(write=False)
+    return factors
+
+
+def _compute_factors(n: int, k: np.ndarray, beta: float, sigma: float) -> np.ndarray:
     k = k.astype(np.float64)
     # k² / n is formed as (k / n) · k so that large n stays exact enough in float64.
     chirp = np.pi * sigma * (k / n) * k

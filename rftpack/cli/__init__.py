@@ -1,0 +1,1 @@
+"""The ``rftpack`` command: argument parsing and all terminal output (rich)."""

