@@ -256,7 +256,8 @@ def encode_lossy(name: str, array: np.ndarray, pipeline: LossyPipeline,
     container["payload"] = _payload_record(payload, blocks, extra)
     _add_size_stats(container, payload, array)
     container["bitrate_coeff"] = 8.0 * len(payload) / coeff_total if coeff_total else 0.0
-    snr = 10.0 * math.log10(signal / error) if error > 0 else math.inf
+    snr = (10.0 * math.log10(signal / error) if error > 0 and signal > 0
+           else math.inf if error == 0 else -math.inf)
     container["snr_db"] = round(snr, 4) if math.isfinite(snr) else None
     return EncodedTensor(container, payload, snr_db=snr,
                          stats={"signal": signal, "error": error})

@@ -35,6 +35,8 @@ def dtype_name(dtype: np.dtype) -> str:
     'float32'
     """
     dtype = np.dtype(dtype)
+    if dtype.byteorder == ">":
+        dtype = dtype.newbyteorder("=")
     for name, known in DTYPES.items():
         if known == dtype and known.name == dtype.name:
             return name

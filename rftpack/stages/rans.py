@@ -115,8 +115,10 @@ class RansCoder(Coder):
             gap, pos = read_varint(view, pos)
             freq, pos = read_varint(view, pos)
             symbol += gap + 1
-            if symbol >= alphabet or freq == 0:
+            if symbol >= alphabet:
                 raise FormatError("rans: frequency table names a symbol outside the alphabet")
+            if not 0 < freq <= 1 << PROBABILITY_BITS:
+                raise FormatError(f"rans: frequency {freq} outside (0, 2**16]")
             freqs[symbol] = freq
         if int(freqs.sum()) != 1 << PROBABILITY_BITS:
             raise FormatError("rans: frequency table does not sum to 2**16")

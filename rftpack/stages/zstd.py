@@ -41,6 +41,10 @@ class ZstdCoder(Coder):
         dtype = symbol_dtype(alphabet).newbyteorder("<")
         expected = count * dtype.itemsize
         try:
+            # A frame header may claim any size; refuse before zstandard allocates it.
+            declared = zstandard.frame_content_size(data)
+            if declared > expected:
+                raise FormatError(f"zstd: stream declares {declared} bytes, expected {expected}")
             raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=expected)
         except zstandard.ZstdError as exc:
             raise FormatError(f"zstd: corrupt stream ({exc})") from exc
