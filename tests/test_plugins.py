@@ -93,7 +93,7 @@ def test_stage_from_config() -> None:
         stage_from_config("coder", {"name": "brotli", "configuration": {}})
 
 
-# -- misbehaving plugins ------------------------------------------------------------------------------
+# -- misbehaving plugins --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class ClashingZstd(Coder):

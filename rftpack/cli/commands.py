@@ -328,6 +328,10 @@ def _embedding_cosine(model_path: Path, restored: Path, console: Console) -> flo
         return None
     if not (model_path / "config.json").is_file():
         return None
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     original = AutoModel.from_pretrained(model_path).eval()
     state = load_file(str(restored))

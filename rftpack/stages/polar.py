@@ -89,7 +89,8 @@ class PolarQuantizer(Quantizer):
                  ) -> tuple[dict[str, Codes], dict[str, Any]]:
         magnitude = np.abs(coefficients)
         threshold = self.threshold_for(magnitude)
-        keep = magnitude >= threshold if threshold > 0 else np.ones(magnitude.shape, bool)
+        # Exact zeros are always dropped: an all-zero block then decodes to exact zeros.
+        keep = (magnitude >= threshold) & (magnitude > 0)
         kept = coefficients[keep]
         log_amp = np.log(np.maximum(np.abs(kept), LOG_FLOOR))
         lo = float(log_amp.min()) if log_amp.size else 0.0

@@ -82,7 +82,7 @@ def test_property_unique_and_safe(tensor_names: list[str]) -> None:
     assert len({s.lower() for s in stems}) == len(stems)
 
 
-# -- member paths --------------------------------------------------------------------------------
+# -- member paths ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("member", [
     "../x", "/x", "a/../../b", "a/../b", "C:x", "c:/x", "a\\b", "..\\x", "", "./x", "a//b",

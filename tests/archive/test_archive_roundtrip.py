@@ -257,7 +257,7 @@ def test_zip_output_over_directory_refused(model_path, tmp_path) -> None:
         rftpack.compress(model_path, out, layout="zip", overwrite=True, **FAST)
 
 
-# -- tampering --------------------------------------------------------------------------------------
+# -- tampering ------------------------------------------------------------------------------------
 
 def bump_numel(document: bytes) -> bytes:
     """Change a value inside a container while keeping it valid JSON."""
@@ -370,7 +370,7 @@ def test_tampered_manifest_entry_checksum(archives, tmp_path) -> None:
             archive.get_tensor(first)
 
 
-# -- atomicity --------------------------------------------------------------------------------------
+# -- atomicity ------------------------------------------------------------------------------------
 
 class Boom(RuntimeError):
     pass

@@ -54,7 +54,7 @@ def test_bands_cover_range_contiguously(count: int, min_band: int, growth: float
         assert bands == []
         return
     assert bands[0][0] == 0 and bands[-1][1] == count
-    for (s0, e0), (s1, _) in zip(bands, bands[1:], strict=False):
+    for (_, e0), (s1, _) in zip(bands, bands[1:], strict=False):
         assert e0 == s1
     assert all(s < e for s, e in bands)
 

@@ -119,7 +119,7 @@ def test_zstd_level_validation() -> None:
             ZstdCoder(level=bad)
 
 
-# -- quantize_frequencies ---------------------------------------------------------------------------
+# -- quantize_frequencies -------------------------------------------------------------------------
 
 @settings(max_examples=80, deadline=None)
 @given(st.lists(st.integers(0, 10**6), min_size=1, max_size=2000).filter(lambda c: sum(c) > 0))
@@ -150,7 +150,7 @@ def test_quantize_frequencies_proportional() -> None:
     assert freqs.tolist() == [49152, 16384, 0]
 
 
-# -- corruption ------------------------------------------------------------------------------------
+# -- corruption -----------------------------------------------------------------------------------
 
 def sample_blob(coder, alphabet: int = 64, n: int = 400, seed: int = 0):
     rng = np.random.default_rng(seed)
@@ -283,7 +283,7 @@ def test_random_bytes_decode_or_raise(blob: bytes, n: int, alphabet: int) -> Non
         assert out.size == 0 or int(out.max()) < alphabet
 
 
-# -- varints ---------------------------------------------------------------------------------------
+# -- varints --------------------------------------------------------------------------------------
 
 @settings(max_examples=100, deadline=None)
 @given(st.integers(0, 2**63 - 1))

@@ -178,7 +178,7 @@ def test_refine_hook_is_applied() -> None:
     np.testing.assert_allclose(refined, 2.0 * plain, rtol=1e-12)
 
 
-# -- side-info validation ------------------------------------------------------------------------
+# -- side-info validation -------------------------------------------------------------------------
 
 def encoded(n: int = 100, threshold: float = 0.0):
     q = PolarQuantizer(prune_threshold=threshold)
@@ -229,7 +229,7 @@ def test_wrong_code_count_raises() -> None:
         q.dequantize(dict(streams, amp_codes=streams["amp_codes"][:-1]), side, 100)
 
 
-# -- configuration ----------------------------------------------------------------------------------
+# -- configuration --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs", [
     {"amp_bits": 0}, {"amp_bits": 17}, {"phase_bits": 0}, {"phase_bits": 17},

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rftpack.errors import StageError
-from rftpack.plugins import new_manager, Registry
+from rftpack.plugins import Registry, new_manager
 from rftpack.stages.base import KINDS, Stage, symbol_dtype
 from rftpack.stages.identity import Identity
 from rftpack.stages.mlp import MLPPredictor

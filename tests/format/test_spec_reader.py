@@ -1,0 +1,424 @@
+"""A second, independent reader written from formats/FORMAT.md alone.
+
+It uses no rftpack code (only numpy, zstandard, ml_dtypes and the standard library) and must
+decode every archive rftpack writes to the tensors rftpack's own reader returns, and the
+reference's version-1 fixture to the reference's own decode. If FORMAT.md and the code drift
+apart, this test says where.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import hashlib
+import json
+import math
+import zipfile
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+import zstandard
+from conftest import VARIANTS
+
+import rftpack
+
+MANIFEST = "manifest_hybrid.json"
+PHI = (1.0 + math.sqrt(5.0)) / 2.0
+DTYPES = {
+    "float64": np.dtype("<f8"), "float32": np.dtype("<f4"), "float16": np.dtype("<f2"),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16), "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
+    "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2), "int64": np.dtype("<i8"),
+    "int32": np.dtype("<i4"), "int16": np.dtype("<i2"), "int8": np.dtype("i1"),
+    "uint64": np.dtype("<u8"), "uint32": np.dtype("<u4"), "uint16": np.dtype("<u2"),
+    "uint8": np.dtype("u1"), "bool": np.dtype("?"),
+}
+
+
+# -- §2 archive forms ---------------------------------------------------------------------------
+
+class Members:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.zip = None if path.is_dir() else zipfile.ZipFile(path)
+
+    def read(self, member: str) -> bytes:
+        assert not member.startswith("/") and ".." not in member.split("/")
+        if self.zip is not None:
+            return self.zip.read(member)
+        return (self.path / member).read_bytes()
+
+
+# -- §7 coders ----------------------------------------------------------------------------------
+
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def symbol_dtype(alphabet: int) -> np.dtype:
+    for dtype in ("<u1", "<u2", "<u4"):
+        if alphabet <= 1 << (8 * np.dtype(dtype).itemsize):
+            return np.dtype(dtype)
+    return np.dtype("<u8")
+
+
+def rans_decode(data: bytes, count: int, alphabet: int) -> np.ndarray:
+    distinct, pos = read_varint(data, 0)
+    if count == 0 or distinct == 0:
+        return np.zeros(0, np.int64)
+    freq = [0] * alphabet
+    symbol = -1
+    for _ in range(distinct):
+        gap, pos = read_varint(data, pos)
+        f, pos = read_varint(data, pos)
+        symbol += gap + 1
+        freq[symbol] = f
+    assert sum(freq) == 1 << 16
+    if distinct == 1:
+        return np.full(count, symbol, np.int64)
+    # The 24-bit table the coder used: cdf[i] = floor(F_i * (2^24 - A) / 2^16) + i.
+    cdf, running = [], 0
+    for i in range(alphabet):
+        cdf.append((running * ((1 << 24) - alphabet) >> 16) + i)
+        running += freq[i]
+    cdf.append(1 << 24)
+    words = np.frombuffer(data[pos:], "<u4").tolist()
+    state = words.pop()
+    while words and state < 1 << 32:
+        state = (state << 32) | words.pop()
+    out = np.empty(count, np.int64)
+    for j in range(count):
+        quantile = state & 0xFFFFFF
+        s = bisect.bisect_right(cdf, quantile) - 1
+        state = (state >> 24) * (cdf[s + 1] - cdf[s]) + quantile - cdf[s]
+        if state < 1 << 32 and words:
+            state = (state << 32) | words.pop()
+        out[j] = s
+    return out
+
+
+def zstd_decode(data: bytes, count: int, alphabet: int) -> np.ndarray:
+    dtype = symbol_dtype(alphabet)
+    raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=count * dtype.itemsize)
+    assert len(raw) == count * dtype.itemsize
+    return np.frombuffer(raw, dtype).astype(np.int64)
+
+
+def raw_decode(data: bytes, count: int, alphabet: int) -> np.ndarray:
+    bits = (alphabet - 1).bit_length()
+    if bits == 0 or count == 0:
+        return np.zeros(count, np.int64)
+    assert len(data) == (count * bits + 7) // 8
+    stream = int.from_bytes(data, "little")
+    mask = (1 << bits) - 1
+    return np.array([(stream >> (i * bits)) & mask for i in range(count)], np.int64)
+
+
+CODERS = {"rans": rans_decode, "zstd": zstd_decode, "raw": raw_decode}
+
+
+# -- §8 transforms, quantizer, bands ------------------------------------------------------------
+
+def phase_factors(n: int, m: int, beta: float, sigma: float) -> np.ndarray:
+    k = np.arange(m, dtype=np.float64)
+    return np.exp(1j * (np.pi * sigma * (k / n) * k + 2.0 * np.pi * beta * np.mod(k / PHI, 1.0)))
+
+
+def inverse_transform(stage: dict, coefficients: np.ndarray, n: int) -> np.ndarray:
+    if stage["name"] == "identity":
+        return coefficients.real[:n].astype(np.float64)
+    assert stage["name"] == "rft"
+    config = stage["configuration"]
+    factors = phase_factors(n, coefficients.shape[0], config.get("beta", 1.0),
+                            config.get("sigma", 1.0))
+    return np.fft.irfft(coefficients * np.conj(factors), n=n, norm="ortho")
+
+
+def coefficient_count(stage: dict, n: int) -> int:
+    return n if stage["name"] == "identity" else n // 2 + 1
+
+
+def geometric_bands(m: int, band_min: int, growth: float) -> list[tuple[int, int]]:
+    bands, start, size = [], 0, band_min
+    while start < m:
+        end = min(m, start + size)
+        bands.append((start, end))
+        start, size = end, int(size * growth)
+    return bands
+
+
+def wrap(phase: np.ndarray) -> np.ndarray:
+    return np.mod(phase + np.pi, 2.0 * np.pi) - np.pi
+
+
+# -- §9 predictor -------------------------------------------------------------------------------
+
+def load_predictor(obj: dict) -> tuple[list, dict]:
+    body = {k: v for k, v in obj.items() if k != "checksum_sha256"}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
+    assert digest == obj["checksum_sha256"]
+    arch = obj["architecture"]
+    layers = []
+    for i in range(arch["num_hidden_layers"] + 1):
+        w, b = obj["state"][f"W{i}"], obj["state"][f"b{i}"]
+        layers.append((np.frombuffer(base64.b64decode(w["data"]), "<f4").reshape(w["shape"]),
+                       np.frombuffer(base64.b64decode(b["data"]), "<f4").reshape(b["shape"])))
+    return layers, arch
+
+
+def mlp(layers: list, x: np.ndarray) -> np.ndarray:
+    h = x.astype(np.float32)
+    for w, b in layers[:-1]:
+        h = np.maximum(h @ w + b, np.float32(0))
+    w, b = layers[-1]
+    return h @ w + b
+
+
+def onehot(band: np.ndarray, width: int) -> np.ndarray:
+    out = np.zeros((band.shape[0], width))
+    inside = band < width
+    out[np.flatnonzero(inside), band[inside]] = 1.0
+    return out
+
+
+# -- §5-§6 version-2 containers -----------------------------------------------------------------
+
+def decode_v2(members: Members, entry: dict, predictor) -> np.ndarray:
+    raw_container = members.read(entry["file"])
+    assert hashlib.sha256(raw_container).hexdigest() == entry["container_sha256"]
+    c = json.loads(raw_container)
+    dtype = DTYPES[c["dtype"]]
+    payload = c["payload"]
+    if payload["encoding"] == "binary":
+        blob = members.read(payload["file"])
+        assert len(blob) == payload["size"]
+        assert hashlib.sha256(blob).hexdigest() == payload["sha256"]
+
+        def segment(seg: dict) -> bytes:
+            return blob[seg["offset"]:seg["offset"] + seg["length"]]
+    else:
+        def segment(seg: dict) -> bytes:
+            data = base64.b64decode(seg["data"], validate=True)
+            assert len(data) == seg["length"]
+            return data
+
+    stages = c["stages"]
+    coder = CODERS[stages[-1]["name"]]
+    numel = math.prod(c["original_shape"])
+    out = np.empty(numel, dtype)
+    start = 0
+    for block in payload["blocks"]:
+        n = block["count"]
+        if c["codec"]["mode"] == "exact":
+            seg = block["streams"]["bytes"]
+            data = coder(segment(seg), seg["count"], 256).astype(np.uint8)
+            if c["codec"]["byte_shuffle"] and dtype.itemsize > 1:
+                data = data.reshape(dtype.itemsize, n).T.reshape(-1)
+            out[start:start + n] = np.frombuffer(data.tobytes(), dtype)
+        else:
+            x = decode_polar_block(c, block, stages, coder, segment, n,
+                                   predictor if entry["predictor"] else None)
+            if dtype != np.float64:
+                limit = float(ml_dtypes.finfo(dtype).max)
+                x = np.clip(x, -limit, limit)
+            out[start:start + n] = x.astype(dtype)
+        start += n
+    assert start == numel
+    nonfinite = payload.get("nonfinite")
+    if nonfinite:
+        index = np.frombuffer(segment(nonfinite["index"]), "<u8")
+        out[index.astype(np.int64)] = np.frombuffer(segment(nonfinite["values"]), dtype)
+    return out.reshape(c["original_shape"])
+
+
+def decode_polar_block(c, block, stages, coder, segment, n, predictor) -> np.ndarray:
+    transform, quantizer = stages[0], stages[1]
+    assert quantizer["name"] == "polar"
+    q = quantizer["configuration"]
+    amp_bits, phase_bits = q["amp_bits"], q["phase_bits"]
+    m = coefficient_count(transform, n)
+    assert block["coefficients"] == m
+    alphabets = {"keep_mask": 2, "amp_codes": 1 << amp_bits, "phase_codes": 1 << phase_bits}
+    streams = {key: coder(segment(seg), seg["count"], alphabets[key])
+               for key, seg in block["streams"].items()}
+    side = block["side"]
+    kept = side["kept"]
+    index = (np.flatnonzero(streams["keep_mask"]) if "keep_mask" in streams
+             else np.arange(m))
+    assert index.shape[0] == kept
+    lo, hi = side["amp_scale"]
+    amp_step = (hi - lo) / ((1 << amp_bits) - 1) if hi > lo else 0.0
+    phase_step = 2.0 * np.pi / (1 << phase_bits)
+    log_amp = lo + streams["amp_codes"] * amp_step
+    phase = -np.pi + streams["phase_codes"] * phase_step
+    if predictor is not None and kept:
+        layers, arch = predictor
+        bands = geometric_bands(m, c["codec"]["band_min"], c["codec"]["band_growth"])
+        band_of = np.zeros(m, np.int64)
+        for i, (s, e) in enumerate(bands):
+            band_of[s:e] = i
+        width = arch["bands"]
+        amp_norm = (log_amp - lo) / (hi - lo) if hi > lo else np.zeros(kept)
+        features = np.column_stack([
+            index / max(1, m - 1), amp_norm, phase / np.pi,
+            onehot(np.minimum(band_of[index], width - 1), width)])
+        delta = np.clip(mlp(layers, features).astype(np.float64), -1.0, 1.0)
+        log_amp = log_amp + delta[:, 0] * amp_step
+        phase = wrap(phase + delta[:, 1] * phase_step)
+    coefficients = np.zeros(m, np.complex128)
+    coefficients[index] = np.exp(log_amp) * np.exp(1j * phase)
+    return inverse_transform(transform, coefficients, n)
+
+
+# -- §10 version 1 ------------------------------------------------------------------------------
+
+def decode_v1(c: dict, predictor) -> np.ndarray:
+    n = math.prod(c["original_shape"])
+    p = c["payload"]
+    index = np.frombuffer(base64.b64decode(p["indices"]), "<u4").astype(np.int64)
+    amp = np.frombuffer(base64.b64decode(p["amp_codes"]), "<u2").astype(np.float64)
+    pha = np.frombuffer(base64.b64decode(p["phase_codes"]), "<u2").astype(np.float64)
+
+    def dequant(codes, bits, scale):
+        lo, hi = scale
+        levels = (1 << bits) - 1
+        return np.full(codes.shape, lo) if hi <= lo else codes / levels * (hi - lo) + lo
+
+    log_amp = dequant(amp, c["codec"]["quant_amp_bits"], p["amp_scale"])
+    phase = dequant(pha, c["codec"]["quant_phase_bits"], p["phase_scale"])
+    if predictor is not None and index.size:
+        layers, arch = predictor
+        band = np.zeros(index.shape[0], np.int64)
+        for i, b in enumerate(c.get("bands") or []):
+            band[(index >= b["start"]) & (index < b["end"])] = i
+        features = np.column_stack([index / max(1, n - 1), log_amp, phase,
+                                    onehot(band, arch["bands"])])
+        delta = mlp(layers, features).astype(np.float64)
+        log_amp = log_amp + delta[:, 0]
+        phase = wrap(phase + delta[:, 1])
+    y = np.zeros(n, np.complex128)
+    y[index] = np.exp(log_amp) * (np.cos(phase) + 1j * np.sin(phase))
+    k = np.arange(n, dtype=np.float64)
+    factors = np.exp(1j * (np.pi * (k / n) * k + 2.0 * np.pi * np.mod(k / PHI, 1.0)))
+    x = np.fft.ifft(np.conj(factors) * y, norm="ortho").real
+    return x.reshape(c["original_shape"]).astype(np.float32)
+
+
+# -- the reader ---------------------------------------------------------------------------------
+
+def read_archive(path: Path, use_predictor: bool = True) -> dict[str, np.ndarray]:
+    members = Members(path)
+    raw_manifest = members.read(MANIFEST)
+    manifest = json.loads(raw_manifest)
+    assert manifest["type"] == "rft_hybrid_manifest_bundle"
+    predictor = None
+    if manifest.get("predictor") and use_predictor:
+        raw = members.read(manifest["predictor"])
+        if manifest.get("predictor_sha256"):
+            assert hashlib.sha256(raw).hexdigest() == manifest["predictor_sha256"]
+        predictor = load_predictor(json.loads(raw))
+    out = {}
+    for entry in manifest["tensors"]:
+        if manifest["version"] == 1:
+            out[entry["tensor_name"]] = decode_v1(json.loads(members.read(entry["file"])),
+                                                  predictor)
+        else:
+            out[entry["tensor_name"]] = decode_v2(members, entry, predictor)
+    return out
+
+
+def _same(mine: np.ndarray, theirs: np.ndarray, exact: bool) -> None:
+    assert mine.dtype == theirs.dtype and mine.shape == theirs.shape
+    if exact or mine.size == 0:
+        assert mine.tobytes() == theirs.tobytes()
+        return
+    a, b = mine.astype(np.float64), theirs.astype(np.float64)
+    assert np.array_equal(np.isfinite(a), np.isfinite(b))
+    assert np.array_equal(a[~np.isfinite(a)], b[~np.isfinite(b)], equal_nan=True)
+    scale = max(1.0, float(np.max(np.abs(b[np.isfinite(b)]), initial=0.0)))
+    np.testing.assert_allclose(a[np.isfinite(a)], b[np.isfinite(b)], rtol=0, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("use_predictor", [True, False])
+def test_spec_reader_matches_rftpack(format_archives, variant, use_predictor):
+    path = format_archives[variant]
+    mine = read_archive(path, use_predictor)
+    with rftpack.open(path) as archive:
+        assert list(mine) == archive.keys()
+        for name, array in mine.items():
+            exact = archive.entry(name)["mode"] == "exact"
+            _same(array, archive.get_tensor(name, use_predictor=use_predictor), exact)
+
+
+def test_spec_reader_applies_the_predictor(format_archives):
+    with_p = read_archive(format_archives["predictor"], True)
+    without = read_archive(format_archives["predictor"], False)
+    assert any(not np.array_equal(with_p[k], without[k]) for k in with_p)
+
+
+def test_spec_reader_decodes_the_reference_fixture(reference_v1):
+    expected_path = reference_v1.parent / "reference_small_expected.npz"
+    if not expected_path.exists():
+        pytest.skip("reference_small_expected.npz is not available")
+    expected = np.load(expected_path)
+    coarse = read_archive(reference_v1, use_predictor=False)
+    predicted = read_archive(reference_v1, use_predictor=True)
+    for name in coarse:
+        np.testing.assert_allclose(coarse[name], expected[f"coarse/{name}"], rtol=1e-5,
+                                   atol=1e-6)
+        np.testing.assert_allclose(predicted[name], expected[f"predicted/{name}"], rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_rans_table_formula_matches_the_coder():
+    """FORMAT.md §7.1's integer table reproduces constriction's decoding on random data."""
+    from rftpack.stages.rans import RansCoder
+
+    rng = np.random.default_rng(7)
+    coder = RansCoder()
+    for alphabet in (2, 3, 32, 256, 1 << 16):
+        for concentration in (0.05, 1.0):
+            probabilities = rng.dirichlet(np.full(min(alphabet, 512), concentration))
+            symbols = rng.choice(probabilities.shape[0], size=1500, p=probabilities)
+            data = coder.encode(symbols.astype(np.int64), alphabet)
+            assert rans_decode(data, symbols.shape[0], alphabet).tolist() == symbols.tolist()
+
+
+def test_raw_and_zstd_layouts_match_the_coders():
+    from rftpack.stages.raw import RawCoder
+    from rftpack.stages.zstd import ZstdCoder
+
+    rng = np.random.default_rng(3)
+    for alphabet in (1, 2, 5, 64, 256, 1000, 1 << 16, (1 << 16) + 1):
+        symbols = rng.integers(0, alphabet, size=77)
+        assert raw_decode(RawCoder().encode(symbols, alphabet), 77, alphabet).tolist() \
+            == symbols.tolist()
+        assert zstd_decode(ZstdCoder().encode(symbols, alphabet), 77, alphabet).tolist() \
+            == symbols.tolist()
+
+
+def test_inverse_rft_formula():
+    """FORMAT.md §8.1's explicit inverse equals irfft, DC and Nyquist imaginary parts dropped."""
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 7, 8, 33):
+        m = n // 2 + 1
+        y = rng.normal(size=m) + 1j * rng.normal(size=m)
+        big_y = y * np.conj(phase_factors(n, m, 1.0, 1.0))
+        t = np.arange(n)
+        x = np.full(n, big_y[0].real)
+        for k in range(1, (n - 1) // 2 + 1):
+            x += 2.0 * (big_y[k] * np.exp(2j * np.pi * k * t / n)).real
+        if n % 2 == 0:
+            x += big_y[n // 2].real * (-1.0) ** t
+        x /= math.sqrt(n)
+        np.testing.assert_allclose(inverse_transform({"name": "rft", "configuration": {}}, y, n),
+                                   x, atol=1e-12)
