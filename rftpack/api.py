@@ -93,6 +93,9 @@ class CompressOptions:
     overwrite: bool = False
 
     def build(self) -> tuple[Profile, LossyPipeline | None, ExactPipeline, Predictor | None]:
+        if not isinstance(self.min_lossy_numel, int) or self.min_lossy_numel < 0:
+            raise StageError(f"min_lossy_numel must be a non-negative integer, got "
+                             f"{self.min_lossy_numel!r}")
         profile = get_profile(self.profile)
         exact_coder = build_stage("coder", self.exact_coder or profile.exact_coder)
         assert isinstance(exact_coder, Coder)
@@ -204,7 +207,7 @@ class _Totals:
     def add(self, info: TensorInfo, encoded: EncodedTensor, written: dict[str, Any]) -> None:
         container = encoded.container
         self.original_bytes += info.nbytes
-        self.stored_bytes += len(encoded.payload) + written["container_bytes"]
+        self.stored_bytes += written["stored_bytes"]
         self.weights += info.numel
         if container["codec"]["mode"] == "hybrid":
             self.lossy_tensors += 1
@@ -229,7 +232,7 @@ def _manifest_entry(info: TensorInfo, encoded: EncodedTensor,
         "dtype": c["dtype"],
         "shape": c["original_shape"],
         "mode": c["codec"]["mode"],
-        "stored_bytes": c["stored_bytes"] + written["container_bytes"],
+        "stored_bytes": written["stored_bytes"],
         "original_bytes": info.nbytes,
         "container_sha256": written["container_sha256"],
         "predictor": False,

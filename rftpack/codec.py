@@ -321,10 +321,15 @@ def pipeline_of(container: dict[str, Any]) -> LossyPipeline | ExactPipeline:
     if not isinstance(block_size, int) or not 1 <= block_size <= MAX_BLOCK_SIZE:
         raise FormatError(f"block_size must be an integer in [1, {MAX_BLOCK_SIZE}]")
     kinds = [s.kind for s in stages]
-    if codec.get("mode") == "exact":
+    mode = codec.get("mode")
+    if mode not in ("exact", "hybrid"):
+        raise FormatError(f"codec.mode must be 'exact' or 'hybrid', got {mode!r}")
+    if mode == "exact":
         if kinds != ["coder"]:
             raise FormatError(f"exact containers take exactly one coder stage, found {kinds}")
-        return ExactPipeline(stages[0], bool(codec.get("byte_shuffle", False)), block_size)
+        if not isinstance(codec.get("byte_shuffle"), bool):
+            raise FormatError("exact containers must say codec.byte_shuffle: true or false")
+        return ExactPipeline(stages[0], codec["byte_shuffle"], block_size)
     if kinds != ["transform", "quantizer", "coder"]:
         raise FormatError(f"lossy containers take transform, quantizer, coder in order; "
                           f"found {kinds}")

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from rftpack.errors import FormatError
 from rftpack.stages.bands import band_ids
 from rftpack.stages.base import PolarView
 from rftpack.stages.mlp import MLP, MLPPredictor, predictor_from_json, predictor_to_json
@@ -199,4 +200,7 @@ class TrainedResidual:
     @classmethod
     def from_json(cls, obj: dict[str, Any], source: str) -> TrainedResidual:
         mlp, architecture = predictor_from_json(obj, source=source)
+        if obj.get("feature_space") != FEATURE_SPACE or architecture.get("output_dim") != 2:
+            raise FormatError(f"{source}: a version-2 archive needs a predictor in the "
+                              f"{FEATURE_SPACE!r} feature space with 2 outputs")
         return cls(mlp, None, int(architecture["bands"]), dict(obj.get("training") or {}), {})

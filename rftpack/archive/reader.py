@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from rftpack.archive.storage import MANIFEST, ArchiveSource, check_member_path
-from rftpack.codec import CONTAINER_TYPE, decode_container
+from rftpack.codec import CONTAINER_TYPE, decode_container, iter_segments
 from rftpack.dtypes import dtype_from_name
 from rftpack.errors import ChecksumError, FormatError
 from rftpack.format.jsonio import loads
@@ -163,10 +163,13 @@ class Archive:
                     if expected is not None and hashlib.sha256(raw).hexdigest() != expected:
                         raise ChecksumError(f"{source}: checksum mismatch (modified or corrupt)")
                     obj = loads(raw, source)
+                    # The loaders verify the checksum first, then the schema names any problem.
                     if self.version == 1:
-                        self._predictor = predictor_from_json(obj, source=source)
+                        predictor = predictor_from_json(obj, source=source)
                     else:
-                        self._predictor = TrainedResidual.from_json(obj, source)
+                        predictor = TrainedResidual.from_json(obj, source)
+                    validate("predictor", obj, source)
+                    self._predictor = predictor
                 self._predictor_loaded = True
             return self._predictor
 
@@ -192,7 +195,6 @@ class _SegmentReader:
     def __init__(self, archive: Archive, container: dict[str, Any], source: str) -> None:
         self.payload = container.get("payload") or {}
         self.source = source
-        self.data: bytes | None = None
         if self.payload.get("encoding", "binary") == "binary":
             member = self.payload.get("file")
             if not isinstance(member, str):
@@ -205,9 +207,35 @@ class _SegmentReader:
                 raise FormatError(f"{source}: payload {member} holds {actual} bytes, declared "
                                   f"{size}")
             self.data = archive.source.read(member)
-            self._check_sha(self.data)
         else:
-            self._inline: list[tuple[int, bytes]] = []
+            self.data = self._assemble_inline(container)
+        self._check_sha(self.data)
+
+    def _assemble_inline(self, container: dict[str, Any]) -> bytes:
+        """Rebuild the payload bytes from base64 segments (checked like a ``.bin``)."""
+        size = self.payload.get("size")
+        if not isinstance(size, int) or size < 0:
+            raise FormatError(f"{self.source}: payload.size must be a non-negative integer")
+        buffer = bytearray(size)
+        covered = 0
+        for seg in iter_segments(container):
+            offset, length, text = seg.get("offset"), seg.get("length"), seg.get("data")
+            if not (isinstance(offset, int) and isinstance(length, int) and offset >= 0
+                    and length >= 0 and offset + length <= size and isinstance(text, str)):
+                raise FormatError(f"{self.source}: base64 segment with bad offset/length/data")
+            try:
+                raw = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise FormatError(f"{self.source}: segment is not valid base64 ({exc})") from exc
+            if len(raw) != length:
+                raise FormatError(f"{self.source}: segment holds {len(raw)} bytes, declared "
+                                  f"{length}")
+            buffer[offset:offset + length] = raw
+            covered += length
+        if covered != size:
+            raise FormatError(f"{self.source}: segments cover {covered} bytes of a {size}-byte "
+                              f"payload")
+        return bytes(buffer)
 
     def _check_sha(self, data: bytes) -> None:
         expected = self.payload.get("sha256")
@@ -215,22 +243,9 @@ class _SegmentReader:
             raise ChecksumError(f"{self.source}: payload checksum mismatch (modified or corrupt)")
 
     def __call__(self, seg: dict[str, Any]) -> bytes:
-        length = seg.get("length")
-        if not isinstance(length, int) or length < 0:
-            raise FormatError(f"{self.source}: segment without a valid length")
-        if self.data is not None:
-            offset = seg.get("offset")
-            if not isinstance(offset, int) or offset < 0 or offset + length > len(self.data):
-                raise FormatError(f"{self.source}: segment [{offset}, +{length}) lies outside "
-                                  f"the {len(self.data)}-byte payload")
-            return self.data[offset:offset + length]
-        text = seg.get("data")
-        if not isinstance(text, str):
-            raise FormatError(f"{self.source}: base64 segment without 'data'")
-        try:
-            raw = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise FormatError(f"{self.source}: segment is not valid base64 ({exc})") from exc
-        if len(raw) != length:
-            raise FormatError(f"{self.source}: segment holds {len(raw)} bytes, declared {length}")
-        return raw
+        length, offset = seg.get("length"), seg.get("offset")
+        if not (isinstance(length, int) and isinstance(offset, int) and length >= 0
+                and offset >= 0 and offset + length <= len(self.data)):
+            raise FormatError(f"{self.source}: segment [{offset}, +{length}) lies outside "
+                              f"the {len(self.data)}-byte payload")
+        return self.data[offset:offset + length]

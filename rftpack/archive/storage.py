@@ -83,6 +83,7 @@ class ZipStore(ArchiveStore):
         info = zipfile.ZipInfo(check_member_path(member), date_time=_ZIP_EPOCH)
         info.compress_type = zipfile.ZIP_STORED
         info.external_attr = 0o644 << 16
+        info.create_system = 3  # "made by Unix" everywhere, so bytes do not depend on the OS
         try:
             self.zip.writestr(info, data)
         except OSError as exc:

@@ -71,10 +71,12 @@ class ArchiveWriter:
         stem = self.names.stem(name)
         member = f"tensors/{stem}.json"
         payload = container["payload"]
+        payload_bytes = 0
         if self.payload == "binary":
             payload_member = f"tensors/{stem}.bin"
             payload["file"] = payload_member
             self._put(payload_member, encoded.payload)
+            payload_bytes = len(encoded.payload)
         else:
             payload["encoding"] = "base64"
             view = memoryview(encoded.payload)
@@ -84,7 +86,7 @@ class ArchiveWriter:
         document = dumps(container)
         self._put(member, document)
         return {"file": member, "container_sha256": hashlib.sha256(document).hexdigest(),
-                "container_bytes": len(document)}
+                "container_bytes": len(document), "stored_bytes": len(document) + payload_bytes}
 
     def add_predictor(self, obj: dict[str, Any]) -> dict[str, Any]:
         document = dumps(obj)

@@ -22,43 +22,37 @@ from rftpack.stages.base import Transform
 GOLDEN_RATIO = (1.0 + np.sqrt(5.0)) / 2.0
 
 
-def phase_factors(n: int, k: np.ndarray, beta: float = 1.0, sigma: float = 1.0) -> np.ndarray:
-    """``D_kk · C_kk`` for the coefficient indices ``k`` of a length-``n`` transform.
+def phase_factors(n: int, count: int, beta: float = 1.0, sigma: float = 1.0) -> np.ndarray:
+    """``D_kk · C_kk`` for k = 0 … count − 1 of a length-``n`` transform (read-only, cached).
 
-    >>> phase_factors(4, np.arange(1))
+    >>> phase_factors(4, 1)
     array([1.+0.j])
     """
-    if k.shape[0] and k[0] == 0 and k[-1] == k.shape[0] - 1:
-        return _prefix_factors(n, int(k.shape[0]), float(beta), float(sigma))
-    return _compute_factors(n, k, beta, sigma)
+    return _factors(int(n), int(count), float(beta), float(sigma))
 
 
 @functools.lru_cache(maxsize=4)
-def _prefix_factors(n: int, m: int, beta: float, sigma: float) -> np.ndarray:
+def _factors(n: int, count: int, beta: float, sigma: float) -> np.ndarray:
     # Blocks repeat (every full block has the same n), and forward/inverse pair up: cache.
-    factors = _compute_factors(n, np.arange(m), beta, sigma)
-    factors.setflags(write=False)
-    return factors
-
-
-def _compute_factors(n: int, k: np.ndarray, beta: float, sigma: float) -> np.ndarray:
-    k = k.astype(np.float64)
+    k = np.arange(count, dtype=np.float64)
     # k² / n is formed as (k / n) · k so that large n stays exact enough in float64.
     chirp = np.pi * sigma * (k / n) * k
     golden = 2.0 * np.pi * beta * np.mod(k / GOLDEN_RATIO, 1.0)
-    return np.exp(1j * (chirp + golden))
+    factors = np.exp(1j * (chirp + golden))
+    factors.setflags(write=False)
+    return factors
 
 
 def forward_full(x: np.ndarray, beta: float = 1.0, sigma: float = 1.0) -> np.ndarray:
     """All n complex coefficients (the reference's layout, no halving)."""
     n = x.shape[0]
-    return phase_factors(n, np.arange(n), beta, sigma) * np.fft.fft(x, norm="ortho")
+    return phase_factors(n, n, beta, sigma) * np.fft.fft(x, norm="ortho")
 
 
 def inverse_full(y: np.ndarray, beta: float = 1.0, sigma: float = 1.0) -> np.ndarray:
     """Inverse of :func:`forward_full` (complex result)."""
     n = y.shape[0]
-    return np.fft.ifft(np.conj(phase_factors(n, np.arange(n), beta, sigma)) * y, norm="ortho")
+    return np.fft.ifft(np.conj(phase_factors(n, n, beta, sigma)) * y, norm="ortho")
 
 
 @dataclass(frozen=True)
@@ -88,12 +82,12 @@ class RFT(Transform):
         if n == 0:
             return np.zeros(0, np.complex128)
         spectrum = np.fft.rfft(x, norm="ortho")
-        spectrum *= phase_factors(n, np.arange(spectrum.shape[0]), self.beta, self.sigma)
+        spectrum *= phase_factors(n, spectrum.shape[0], self.beta, self.sigma)
         return spectrum
 
     def inverse(self, coefficients: np.ndarray, n: int) -> np.ndarray:
         if n == 0:
             return np.zeros(0, np.float64)
         m = coefficients.shape[0]
-        unrotated = coefficients * np.conj(phase_factors(n, np.arange(m), self.beta, self.sigma))
+        unrotated = coefficients * np.conj(phase_factors(n, m, self.beta, self.sigma))
         return np.fft.irfft(unrotated, n=n, norm="ortho")

@@ -124,3 +124,14 @@ def reference_v1() -> Path:
     if not path.is_dir():
         pytest.skip("the reference fixture (fixtures/reference_small) is not available")
     return path
+
+
+@pytest.fixture(scope="session")
+def golden_v2() -> dict[str, Path]:
+    """The committed version-2 golden archives (tests/fixtures/golden_v2), by name."""
+    root = Path(__file__).resolve().parents[1] / "fixtures" / "golden_v2"
+    archives = {p.name: p for p in sorted(root.glob("*"))
+                if p.suffix == ".rftp" or (p.is_dir() and (p / "manifest_hybrid.json").exists())}
+    if not archives:
+        pytest.skip("no golden version-2 archives in tests/fixtures/golden_v2")
+    return archives

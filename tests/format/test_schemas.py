@@ -143,6 +143,15 @@ def test_reader_opens_written_archives(format_archives):
                 archive.get_tensor(name)
 
 
+def test_golden_v2_archives_validate(golden_v2):
+    """Archives committed once must keep validating as the schemas are tightened."""
+    for path in golden_v2.values():
+        for member, document in archive_documents(path).items():
+            kind = _kind_of(member)
+            validate(kind, document, member)
+            assert _errors(kind, document) == [], f"{path.name}/{member}"
+
+
 # -- the reference implementation's files (version 1) -------------------------------------------
 
 def test_reference_v1_files_validate(reference_v1):

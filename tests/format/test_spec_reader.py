@@ -359,6 +359,15 @@ def test_spec_reader_matches_rftpack(format_archives, variant, use_predictor):
             _same(array, archive.get_tensor(name, use_predictor=use_predictor), exact)
 
 
+def test_spec_reader_matches_rftpack_on_golden_archives(golden_v2):
+    for path in golden_v2.values():
+        mine = read_archive(path)
+        with rftpack.open(path) as archive:
+            for name, array in mine.items():
+                exact = archive.entry(name)["mode"] == "exact"
+                _same(array, archive.get_tensor(name), exact)
+
+
 def test_spec_reader_applies_the_predictor(format_archives):
     with_p = read_archive(format_archives["predictor"], True)
     without = read_archive(format_archives["predictor"], False)
@@ -422,3 +431,72 @@ def test_inverse_rft_formula():
         x /= math.sqrt(n)
         np.testing.assert_allclose(inverse_transform({"name": "rft", "configuration": {}}, y, n),
                                    x, atol=1e-12)
+
+
+# FORMAT.md §13, byte for byte.
+VECTORS = [
+    ("rans", 4, [0, 1, 1, 3, 1], "03 00 b3 66 00 9a b3 02 01 b3 66 05 01 00 0d"),
+    ("rans", 4, [2, 2, 2], "01 02 80 80 04"),
+    ("rans", 4, [], "00"),
+    ("raw", 8, [5, 0, 7, 2, 1], "c5 15"),
+    ("raw", 2, [1, 0, 1, 1, 0, 0, 0, 1, 1, 1], "8d 03"),
+]
+
+
+@pytest.mark.parametrize(("coder", "alphabet", "symbols", "hex_bytes"), VECTORS)
+def test_format_md_test_vectors(coder, alphabet, symbols, hex_bytes):
+    from rftpack.plugins import get_stage
+
+    stage = get_stage("coder", coder)()
+    data = stage.encode(np.array(symbols, np.uint8), alphabet)
+    assert data.hex(" ") == hex_bytes
+    assert CODERS[coder](data, len(symbols), alphabet).tolist() == symbols
+
+
+def test_format_md_byte_shuffle_vector():
+    raw = np.array([1, 2, 3], "<i4").view(np.uint8)
+    shuffled = raw.reshape(-1, 4).T.reshape(-1)
+    assert shuffled.tobytes().hex(" ") == "01 02 03 00 00 00 00 00 00 00 00 00"
+
+
+def _container_with(format_archives, tmp_path, edit) -> tuple[Path, str]:
+    """Copy the dir-binary archive, edit one container, refresh its manifest checksum."""
+    import shutil
+
+    target = tmp_path / "archive"
+    shutil.copytree(format_archives["dir-binary"], target)
+    manifest_path = target / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    entry = next(e for e in manifest["tensors"] if e["mode"] == "hybrid")
+    container_path = target / entry["file"]
+    container = json.loads(container_path.read_text())
+    edit(container)
+    data = json.dumps(container).encode()
+    container_path.write_bytes(data)
+    entry["container_sha256"] = hashlib.sha256(data).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+    return target, entry["tensor_name"]
+
+
+def test_unknown_stage_names_the_provider(format_archives, tmp_path):
+    from rftpack.errors import UnknownStageError
+
+    def edit(container):
+        container["stages"][2].update(name="acme-coder", provider="acme-rftpack")
+
+    path, name = _container_with(format_archives, tmp_path, edit)
+    with rftpack.open(path) as archive, pytest.raises(UnknownStageError) as info:
+        archive.get_tensor(name)
+    assert "acme-coder" in str(info.value) and "acme-rftpack" in str(info.value)
+
+
+def test_newer_stage_format_version_is_refused(format_archives, tmp_path):
+    from rftpack.errors import StageError
+
+    def edit(container):
+        container["stages"][1]["format_version"] = 2
+
+    path, name = _container_with(format_archives, tmp_path, edit)
+    with rftpack.open(path) as archive, pytest.raises(StageError) as info:
+        archive.get_tensor(name)
+    assert "format version 2" in str(info.value) and "'rftpack'" in str(info.value)

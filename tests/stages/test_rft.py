@@ -121,7 +121,7 @@ def test_full_transform_is_unitary_and_inverts() -> None:
 def test_phase_factors_are_unit_modulus_and_follow_the_formula() -> None:
     n = 10
     k = np.arange(n)
-    f = phase_factors(n, k)
+    f = phase_factors(n, n)
     np.testing.assert_allclose(np.abs(f), 1.0, rtol=1e-14)
     phi = (1 + np.sqrt(5)) / 2
     expected = np.exp(1j * np.pi * k**2 / n) * np.exp(2j * np.pi * np.mod(k / phi, 1.0))
