@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 import rftpack
 from rftpack.io import open_source
 

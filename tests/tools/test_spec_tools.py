@@ -51,7 +51,8 @@ def test_spec_flags_and_layout(small_model: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     manifest = json.loads((out / "manifest_hybrid.json").read_text())
     jsonschema.validate(manifest, schema("manifest"))
-    assert manifest["codec"]["quant_amp_bits"] == 6 and manifest["codec"]["prune_mode"] == "absolute"
+    assert manifest["codec"]["quant_amp_bits"] == 6
+    assert manifest["codec"]["prune_mode"] == "absolute"
     files = {e["tensor_name"]: e["file"] for e in manifest["tensors"]}
     assert files["head/proj.weight"] == "tensors/head__proj_weight.json"  # the spec's naming
     assert not list(out.rglob("*.bin"))  # base64 inside the JSON, nothing beside it
