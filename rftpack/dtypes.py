@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import ml_dtypes
 import numpy as np
 
@@ -51,7 +53,12 @@ def dtype_from_name(name: object) -> np.dtype:
 
 
 def to_little_endian(array: np.ndarray) -> np.ndarray:
-    """The array with a little-endian (or byte-order-free) dtype."""
-    if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and np.little_endian is False):
+    """``array`` itself if little-endian (or byte order irrelevant), else a little-endian copy.
+
+    >>> to_little_endian(np.arange(2, dtype=">i4")).dtype.str
+    '<i4'
+    """
+    order = array.dtype.byteorder
+    if order == ">" or (order == "=" and sys.byteorder == "big"):
         return array.astype(array.dtype.newbyteorder("<"))
     return array

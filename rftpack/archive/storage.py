@@ -16,6 +16,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
+from rftpack._fs import fsync_dir
 from rftpack.errors import FormatError, IncompleteArchiveError, OutputError
 
 MANIFEST = "manifest_hybrid.json"
@@ -38,17 +39,6 @@ def check_member_path(member: object) -> str:
     return member
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class ArchiveStore:
@@ -97,7 +87,7 @@ class ZipStore(ArchiveStore):
             with open(self.temp, "rb+") as handle:
                 os.fsync(handle.fileno())
             os.replace(self.temp, self.path)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         except OSError as exc:
             self.abort()
             raise OutputError(f"finishing {self.path} failed: {exc.strerror or exc}") from exc
@@ -147,7 +137,7 @@ class DirectoryStore(ArchiveStore):
         self.written.append(target)
 
     def commit(self) -> None:
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     def abort(self) -> None:
         for path in self.written:

@@ -5,29 +5,17 @@ All dtypes are little-endian; bfloat16 and float8 come from ``ml_dtypes``.
 
 from __future__ import annotations
 
-import sys
-
-import ml_dtypes
 import numpy as np
 
+from rftpack.dtypes import DTYPES
+
+#: safetensors dtype code -> the core's dtype name (rftpack.dtypes holds the dtypes themselves).
+_CODES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+          "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U64": "uint64",
+          "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
+          "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 #: safetensors dtype name -> numpy dtype (the complete set of supported dtypes).
-SAFETENSORS_DTYPES: dict[str, np.dtype] = {
-    "F64": np.dtype("<f8"),
-    "F32": np.dtype("<f4"),
-    "F16": np.dtype("<f2"),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "I64": np.dtype("<i8"),
-    "I32": np.dtype("<i4"),
-    "I16": np.dtype("<i2"),
-    "I8": np.dtype("i1"),
-    "U64": np.dtype("<u8"),
-    "U32": np.dtype("<u4"),
-    "U16": np.dtype("<u2"),
-    "U8": np.dtype("u1"),
-    "BOOL": np.dtype("bool"),
-    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
-    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
-}
+SAFETENSORS_DTYPES: dict[str, np.dtype] = {code: DTYPES[name] for code, name in _CODES.items()}
 
 _NAMES: dict[np.dtype, str] = {dt: name for name, dt in SAFETENSORS_DTYPES.items()}
 
@@ -58,14 +46,3 @@ def safetensors_name(dtype: np.dtype) -> str:
     return _NAMES[np.dtype(dtype)]
 
 
-def little_endian(array: np.ndarray) -> np.ndarray:
-    """``array`` itself if little-endian (or byte order irrelevant), else a little-endian copy.
-
-    Example:
-        >>> little_endian(np.arange(2, dtype=">i4")).dtype.str
-        '<i4'
-    """
-    order = array.dtype.byteorder
-    if order == ">" or (order == "=" and sys.byteorder == "big"):
-        return array.astype(array.dtype.newbyteorder("<"))
-    return array

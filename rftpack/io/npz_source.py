@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from rftpack.dtypes import to_little_endian
 from rftpack.errors import InputError
-from rftpack.io.dtypes import EXTENSION_DTYPES, is_supported, little_endian
+from rftpack.io.dtypes import EXTENSION_DTYPES, is_supported
 from rftpack.io.source import ModelSource
 from rftpack.io.tensor_info import TensorInfo
 
@@ -107,7 +108,7 @@ class NpzSource(ModelSource):
             raise InputError(f"{self.path}: tensor {name!r}: cannot read ({exc})") from None
         if info.dtype.name in EXTENSION_DTYPES and array.dtype != info.dtype:
             array = array.view(info.dtype)
-        return little_endian(array)
+        return to_little_endian(array)
 
     def close(self) -> None:
         self._npz.close()

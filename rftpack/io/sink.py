@@ -12,8 +12,10 @@ from types import TracebackType
 
 import numpy as np
 
+from rftpack._fs import fsync_dir
+from rftpack.dtypes import to_little_endian
 from rftpack.errors import OutputError
-from rftpack.io.dtypes import is_supported, little_endian
+from rftpack.io.dtypes import is_supported
 from rftpack.io.tensor_info import TensorInfo
 
 
@@ -83,7 +85,7 @@ class ModelSink:
         info = self.infos[self._next]
         if name != info.name:
             raise OutputError(f"{self.path}: expected tensor {info.name!r} next, got {name!r}")
-        array = little_endian(np.asarray(array))
+        array = to_little_endian(np.asarray(array))
         if array.dtype != info.dtype or array.shape != info.shape:
             raise OutputError(
                 f"{self.path}: tensor {name!r}: got {array.dtype}{list(array.shape)}, "
@@ -114,7 +116,7 @@ class ModelSink:
             self.abort()
             raise self._disk_error(exc) from None
         self._finished = True
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def abort(self) -> None:
         """Drop everything written so far; nothing is left under the final or the temp name."""
@@ -147,15 +149,3 @@ class ModelSink:
         return f"{type(self).__name__}({str(self.path)!r}, {self._next}/{len(self.infos)} written)"
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable where the OS allows fsync on a directory."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
