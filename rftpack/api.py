@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -159,6 +159,7 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
                 entries.append(_manifest_entry(info, encoded, written))
                 totals.add(info, encoded, written)
                 del array, encoded
+                model.release(info.name)
             trained, predictor_seconds = None, 0.0
             predictor_record = None
             if sampler is not None and predictor is not None:
@@ -329,14 +330,19 @@ def _path_bytes(path: Path) -> int:
 
 # ----------------------------------------------------------------------------------------------
 
-def open(path: str | os.PathLike) -> Archive:  # noqa: A001 - mirrors safetensors.safe_open
+def open(path: str | os.PathLike | BinaryIO, *, framework: str = "numpy",  # noqa: A001
+         device: Any = None, cache_bytes: int = 0) -> Archive:
     """Open an archive lazily: only the manifest is read until a tensor is asked for.
+
+    ``framework="torch"`` returns torch tensors (on ``device``); ``cache_bytes`` keeps recently
+    decoded tensors (LRU) so repeated reads do not decode again. Thread-safe.
 
     Example:
         >>> with rftpack.open("model.rftp") as archive:     # doctest: +SKIP
+        ...     archive.keys()[:2], archive.info("embeddings.word_embeddings.weight").shape
         ...     w = archive.get_tensor("embeddings.word_embeddings.weight")
     """
-    return Archive(path)
+    return Archive(path, framework=framework, device=device, cache_bytes=cache_bytes)
 
 
 def archive_infos(archive: Archive) -> list[TensorInfo]:
@@ -347,12 +353,8 @@ def archive_infos(archive: Archive) -> list[TensorInfo]:
         if "dtype" in entry and "shape" in entry:
             infos.append(TensorInfo(name, dtype_from_name(entry["dtype"]), tuple(entry["shape"])))
         else:
-            container = archive.container(name)
-            dtype = container.get("dtype")
-            if dtype not in ("float16", "float64", "bfloat16"):
-                dtype = "float32"  # the reference decodes everything to float32
-            infos.append(TensorInfo(name, dtype_from_name(dtype),
-                                    tuple(container["original_shape"])))
+            record = archive.info(name)
+            infos.append(TensorInfo(name, record.dtype, record.shape))
     return infos
 
 

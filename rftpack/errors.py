@@ -41,3 +41,7 @@ class PluginError(RftpackError):
 
 class OutputError(RftpackError):
     """The output path cannot be written (exists, not a directory, disk full, ...)."""
+
+
+class ClosedArchiveError(RftpackError, ValueError):
+    """An archive was used after ``close()`` (or after its ``with`` block ended)."""

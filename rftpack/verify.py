@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 
 from rftpack.archive.reader import Archive
+from rftpack.archive.storage import MANIFEST
 from rftpack.dtypes import dtype_from_name
 from rftpack.errors import RftpackError
+from rftpack.format.schema import validate
 
 
 @dataclass
@@ -46,6 +48,10 @@ def verify_archive(path: str | os.PathLike, progress=None) -> VerifyReport:
         report.problems.append(str(exc))
         return report
     with archive:
+        try:
+            validate("manifest", archive.manifest, f"{path}/{MANIFEST}")
+        except RftpackError as exc:
+            report.problems.append(str(exc))
         if archive.manifest.get("predictor"):
             try:
                 archive.predictor()

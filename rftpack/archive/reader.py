@@ -9,59 +9,121 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import math
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from rftpack.archive.storage import MANIFEST, ArchiveSource, check_member_path
 from rftpack.codec import CONTAINER_TYPE, decode_container, iter_segments
 from rftpack.dtypes import dtype_from_name
-from rftpack.errors import ChecksumError, FormatError
+from rftpack.errors import ChecksumError, ClosedArchiveError, FormatError
 from rftpack.format.jsonio import loads
+from rftpack.format.manifest import check_manifest
 from rftpack.format.schema import validate
 from rftpack.format.v1 import decode_v1
 from rftpack.residual import TrainedResidual
 from rftpack.stages.mlp import predictor_from_json
 
-MANIFEST_TYPE = "rft_hybrid_manifest_bundle"
-SUPPORTED_VERSIONS = (1, 2)
+
+@dataclass(frozen=True)
+class TensorRecord:
+    """What an archive says about one tensor, without decoding it."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    stored_bytes: int | None
+    mode: str
+    stages: tuple[str, ...]
+    snr_db: float | None
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+
+class _TensorCache:
+    """A thread-safe LRU of decoded tensors, bounded in bytes (0 disables it)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.items: OrderedDict[tuple[str, bool], np.ndarray] = OrderedDict()
+        self.bytes = 0
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple[str, bool]) -> np.ndarray | None:
+        with self.lock:
+            value = self.items.get(key)
+            if value is not None:
+                self.items.move_to_end(key)
+            return value
+
+    def put(self, key: tuple[str, bool], value: np.ndarray) -> None:
+        if value.nbytes > self.max_bytes:
+            return
+        value.setflags(write=False)  # shared between callers: nobody may modify it
+        with self.lock:
+            if key in self.items:
+                return
+            self.items[key] = value
+            self.bytes += value.nbytes
+            while self.bytes > self.max_bytes:
+                _, old = self.items.popitem(last=False)
+                self.bytes -= old.nbytes
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
+            self.bytes = 0
 
 
 class Archive:
-    """A read-only view of an rftpack archive (ZIP file or directory).
+    """A read-only, lazy view of an rftpack archive (ZIP file, file object or directory).
+
+    Opening reads only the manifest. ``get_tensor`` decodes one tensor and reads only its own
+    container and payload. Safe to use from several threads at once.
+
+    ``framework``: ``"numpy"`` (default) or ``"torch"``; ``device``: a torch device for the
+    torch framework; ``cache_bytes``: keep up to that many bytes of decoded tensors (LRU).
 
     Example:
         >>> with Archive("model.rftp") as archive:             # doctest: +SKIP
         ...     weights = archive.get_tensor("encoder.layer.0.attention.self.query.weight")
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.source = ArchiveSource(self.path)
+    def __init__(self, path: str | os.PathLike | BinaryIO, *, framework: str = "numpy",
+                 device: Any = None, cache_bytes: int = 0) -> None:
+        if framework not in ("numpy", "torch"):
+            raise ValueError(f"framework must be 'numpy' or 'torch', got {framework!r}")
+        if device is not None and framework != "torch":
+            raise ValueError("device= needs framework='torch'")
+        self.framework = framework
+        self.device = device
+        self.source = ArchiveSource(path)
+        self.path = self.source.path
         self._lock = threading.Lock()
+        self._cache = _TensorCache(max(0, int(cache_bytes)))
         self._closed = False
         try:
             self.manifest = loads(self.source.read(MANIFEST), f"{self.path}/{MANIFEST}")
-            if self.manifest.get("type") != MANIFEST_TYPE:
-                raise FormatError(f"{self.path}: {MANIFEST} has type "
-                                  f"{self.manifest.get('type')!r}, expected {MANIFEST_TYPE!r}")
-            self.version = self.manifest.get("version")
-            if self.version not in SUPPORTED_VERSIONS:
-                raise FormatError(f"{self.path}: manifest version {self.version!r} is not "
-                                  f"supported (this rftpack reads {SUPPORTED_VERSIONS}); "
-                                  f"upgrade rftpack")
-            validate("manifest", self.manifest, f"{self.path}/{MANIFEST}")
+            check_manifest(self.manifest, f"{self.path}/{MANIFEST}")
+            self.version = self.manifest["version"]
             self._entries: dict[str, dict[str, Any]] = {}
             for entry in self.manifest["tensors"]:
                 name = entry["tensor_name"]
                 if name in self._entries:
                     raise FormatError(f"{self.path}: tensor {name!r} is listed twice in the "
                                       f"manifest")
-                check_member_path(entry["file"])
                 self._entries[name] = entry
         except BaseException:
             self.source.close()
@@ -72,7 +134,27 @@ class Archive:
     # -- mapping-like access --------------------------------------------------------------------
     def keys(self) -> list[str]:
         """Tensor names in stored order."""
+        self._check_open()
         return list(self._entries)
+
+    def info(self, name: str) -> TensorRecord:
+        """Shape, dtype, stored bytes, mode and stages of one tensor, without decoding it.
+
+        Version-2 manifests hold everything but the stages, which come from the small
+        container JSON (the payload is not read).
+        """
+        entry = self.entry(name)
+        container = self.container(name)
+        if container.get("version") == 1:
+            stages: tuple[str, ...] = ("transform:rft(v1)", "quantizer:polar(v1)", "coder:none")
+            mode = "hybrid"
+        else:
+            stages = tuple(f"{s['kind']}:{s['name']}" for s in container["stages"])
+            mode = container["codec"]["mode"]
+        dtype = entry.get("dtype") or _v1_dtype(container.get("dtype"))
+        return TensorRecord(name, dtype_from_name(dtype),
+                            tuple(entry.get("shape") or container["original_shape"]),
+                            entry.get("stored_bytes"), mode, stages, entry.get("snr_db"))
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
@@ -117,8 +199,27 @@ class Archive:
         return container
 
     # -- decoding -------------------------------------------------------------------------------
-    def get_tensor(self, name: str, *, use_predictor: bool = True) -> np.ndarray:
-        """Decode one tensor (reads only its own container and payload)."""
+    def get_tensor(self, name: str, *, use_predictor: bool = True) -> Any:
+        """Decode one tensor (reads only its own container and payload).
+
+        Returns a numpy array, or a torch tensor when the archive was opened with
+        ``framework="torch"``. Tensors served from the cache are read-only.
+        """
+        key = (name, use_predictor)
+        array = self._cache.get(key)
+        if array is None:
+            array = self._decode(name, use_predictor)
+            if self._cache.max_bytes:
+                self._cache.put(key, array)
+        if self.framework == "torch":
+            from rftpack.torch import numpy_to_torch
+
+            return numpy_to_torch(array, self.device)
+        return array
+
+    __getitem__ = get_tensor
+
+    def _decode(self, name: str, use_predictor: bool) -> np.ndarray:
         container = self.container(name)
         entry = self._entries[name]
         source = f"{self.path}/{entry['file']}"
@@ -126,9 +227,7 @@ class Archive:
             predictor = self.predictor() if use_predictor else None
             band_count = predictor[1]["bands"] if predictor else 0
             array = decode_v1(container, source, predictor[0] if predictor else None, band_count)
-            dtype = container.get("dtype")
-            return array.astype(dtype_from_name(dtype)) if dtype in ("float16", "float64",
-                                                                    "bfloat16") else array
+            return array.astype(dtype_from_name(_v1_dtype(container.get("dtype"))))
         refine = None
         if use_predictor and entry.get("predictor") and self.manifest.get("predictor"):
             trained = self.predictor()
@@ -142,8 +241,13 @@ class Archive:
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
 
-    def items(self, *, use_predictor: bool = True) -> Iterator[tuple[str, np.ndarray]]:
-        """Decode tensors one at a time, in stored order (bounded memory)."""
+    def items(self, *, use_predictor: bool = True) -> Iterator[tuple[str, Any]]:
+        """Decode tensors one at a time, in stored order: memory holds one tensor at a time.
+
+        Example:
+            >>> for name, array in archive.items():   # doctest: +SKIP
+            ...     sink.write(name, array)
+        """
         for name in self.keys():
             yield name, self.get_tensor(name, use_predictor=use_predictor)
 
@@ -176,10 +280,13 @@ class Archive:
     # -- lifecycle ------------------------------------------------------------------------------
     def _check_open(self) -> None:
         if self._closed:
-            raise ValueError(f"archive {self.path} is closed")
+            raise ClosedArchiveError(f"archive {self.path} is closed; open it again with "
+                                     f"rftpack.open()")
 
     def close(self) -> None:
+        """Release the archive's file; further use raises ClosedArchiveError."""
         self._closed = True
+        self._cache.clear()
         self.source.close()
 
     def __enter__(self) -> Archive:
@@ -187,6 +294,11 @@ class Archive:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _v1_dtype(name: object) -> str:
+    """The reference decoded every tensor to float32 unless it was float16/64 or bfloat16."""
+    return name if name in ("float16", "float64", "bfloat16") else "float32"  # type: ignore
 
 
 class _SegmentReader:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import posixpath
 import shutil
+import threading
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 from rftpack._fs import fsync_dir
 from rftpack.errors import FormatError, IncompleteArchiveError, OutputError
@@ -148,9 +150,15 @@ class DirectoryStore(ArchiveStore):
 class ArchiveSource:
     """Read side: random access to members of a ZIP file or a directory."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike | BinaryIO) -> None:
         self._zip: zipfile.ZipFile | None = None
+        # zipfile serialises its own reads; the lock also keeps seek+read pairs atomic for us.
+        self._lock = threading.Lock()
+        if hasattr(path, "read") and hasattr(path, "seek"):
+            self.path = Path(getattr(path, "name", "<archive file object>"))
+            self._open_zip(path)
+            return
+        self.path = Path(path)  # type: ignore[arg-type]
         if self.path.is_dir():
             if not (self.path / MANIFEST).is_file():
                 raise IncompleteArchiveError(
@@ -158,18 +166,22 @@ class ArchiveSource:
                     f"compress run")
             self.root = self.path.resolve()
         elif self.path.is_file():
-            try:
-                self._zip = zipfile.ZipFile(self.path)
-            except zipfile.BadZipFile as exc:
-                raise IncompleteArchiveError(
-                    f"{self.path} is not a complete rftpack archive (no ZIP central directory: "
-                    f"not an archive, or an interrupted write)") from exc
-            except OSError as exc:
-                raise FormatError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
-            if MANIFEST not in self._zip.NameToInfo:
-                raise IncompleteArchiveError(f"{self.path} has no {MANIFEST}")
+            self._open_zip(self.path)
         else:
             raise FormatError(f"{self.path} does not exist")
+
+    def _open_zip(self, file: Path | BinaryIO) -> None:
+        try:
+            self._zip = zipfile.ZipFile(file)
+        except zipfile.BadZipFile as exc:
+            raise IncompleteArchiveError(
+                f"{self.path} is not a complete rftpack archive (no ZIP central directory: "
+                f"not an archive, or an interrupted write)") from exc
+        except OSError as exc:
+            raise FormatError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+        if MANIFEST not in self._zip.NameToInfo:
+            self._zip.close()
+            raise IncompleteArchiveError(f"{self.path} has no {MANIFEST}")
 
     @property
     def form(self) -> str:
@@ -205,7 +217,7 @@ class ArchiveSource:
         try:
             if self._zip is not None:
                 info = self._info(member)
-                with self._zip.open(info) as handle:
+                with self._lock, self._zip.open(info) as handle:
                     if info.compress_type == zipfile.ZIP_STORED and offset:
                         handle.seek(offset)
                     elif offset:

@@ -47,6 +47,18 @@ class _MappedFile:
         flat = np.frombuffer(self.map, dtype=info.dtype, count=info.numel, offset=entry.begin)
         return flat.reshape(info.shape)
 
+    def release(self, entry: Entry) -> None:
+        """Drop the mapped pages of one tensor from this process's memory (they stay in the
+        page cache). Streaming a large file then keeps RSS near one tensor, not the file."""
+        if self.map is None or entry.info.nbytes == 0 or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = entry.begin - entry.begin % mmap.PAGESIZE
+        length = entry.begin + entry.info.nbytes - start
+        try:
+            self.map.madvise(mmap.MADV_DONTNEED, start, length)
+        except (OSError, ValueError):
+            pass  # advice only
+
     def close(self) -> None:
         if self.map is not None:
             try:
@@ -107,6 +119,11 @@ class SafetensorsSource(ModelSource):
         except KeyError:
             raise self._unknown(name) from None
         return file.read(entry)
+
+    def release(self, name: str) -> None:
+        if name in self._where:
+            file, entry = self._where[name]
+            file.release(entry)
 
     def close(self) -> None:
         for file in self._files:

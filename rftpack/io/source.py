@@ -37,6 +37,9 @@ class ModelSource:
         """One tensor as a little-endian numpy array of its stored dtype and shape."""
         raise NotImplementedError
 
+    def release(self, name: str) -> None:
+        """Hint that tensor ``name`` is done with: memory-mapped sources drop its pages."""
+
     def close(self) -> None:
         """Release files and maps; arrays already returned stay valid."""
 
