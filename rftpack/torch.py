@@ -83,9 +83,9 @@ def load_state_dict(module: torch.nn.Module, archive: Archive | str | os.PathLik
     """
     reader, owned = _open(archive)
     try:
-        targets = module.state_dict(keep_vars=True)
+        targets = {**_non_persistent_buffers(module), **module.state_dict(keep_vars=True)}
         names = reader.keys()
-        missing = [k for k in targets if k not in reader]
+        missing = [k for k in module.state_dict() if k not in reader]
         unexpected = [k for k in names if k not in targets]
         if strict and (missing or unexpected):
             raise LoadError(_mismatch_message(reader, missing, unexpected))
@@ -105,6 +105,18 @@ def load_state_dict(module: torch.nn.Module, archive: Archive | str | os.PathLik
     finally:
         if owned:
             reader.close()
+
+
+def _non_persistent_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Buffers a state dict leaves out (e.g. BERT's position_ids) but checkpoints often hold."""
+    found = {}
+    for module_name, submodule in module.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        for attribute in submodule._non_persistent_buffers_set:
+            buffer = submodule._buffers.get(attribute)
+            if buffer is not None:
+                found[f"{prefix}{attribute}"] = buffer
+    return found
 
 
 def _mismatch_message(reader: Archive, missing: list[str], unexpected: list[str]) -> str:
@@ -207,8 +219,13 @@ def _direct_tensors(module: torch.nn.Module, prefix: str) -> Iterator[tuple[str,
     for attribute, _ in module.named_parameters(recurse=False):
         yield attribute, f"{prefix}{attribute}", True
     for attribute, buffer in module.named_buffers(recurse=False):
-        if buffer is not None and attribute not in module._non_persistent_buffers_set:
+        if buffer is not None:
             yield attribute, f"{prefix}{attribute}", False
+
+
+def _all_tensors(module: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    yield from module.named_parameters()
+    yield from module.named_buffers()
 
 
 def lazy_load(module: torch.nn.Module, archive: Archive | str | os.PathLike, *,
@@ -243,9 +260,15 @@ def lazy_load(module: torch.nn.Module, archive: Archive | str | os.PathLike, *,
             managed.update(s.archive_name for s in slots)
         expected = set(module.state_dict().keys())
         missing = sorted(expected - names)
-        unexpected = sorted(names - expected)
+        unexpected = sorted(names - expected - set(_non_persistent_buffers(module)))
         if strict and (missing or unexpected):
             raise LoadError(_mismatch_message(reader, missing, unexpected))
+        stranded = [name for name, tensor in _all_tensors(module)
+                    if tensor.device.type == "meta" and name not in managed]
+        if stranded:
+            raise LoadError(f"{len(stranded)} tensor(s) are on the meta device and not in "
+                            f"{reader.path}: {', '.join(stranded[:5])}; build the model on the "
+                            f"CPU (lazy_load releases its weights at once) or fill them first")
         for submodule in handle.slots:
             handle.release(submodule)
             handle.hooks.append(submodule.register_forward_pre_hook(handle.before_forward))

@@ -141,3 +141,39 @@ def test_huggingface_bert_round_trip(tmp_path: Path) -> None:
     assert (a - b).abs().max() <= 1e-6
     cosine = torch.nn.functional.cosine_similarity(a.flatten(1), reference.flatten(1)).min()
     assert cosine > 0.95  # lossy weights, same network
+
+    # Built on the meta device, BERT's non-persistent buffers have no values anywhere:
+    # lazy_load says so instead of running on garbage.
+    with torch.device("meta"):
+        meta_model = transformers.BertModel(config).eval()
+    with pytest.raises(rt.LoadError, match="token_type_ids"):
+        rt.lazy_load(meta_model, archive, strict=False)
+
+
+def test_non_persistent_buffers_in_the_archive_are_loaded(tmp_path: Path) -> None:
+    class WithPositions(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(8, 8)
+            self.register_buffer("positions", torch.zeros(8, dtype=torch.int64),
+                                 persistent=False)
+
+        def forward(self, x):
+            return self.linear(x) + self.positions
+
+    from safetensors.torch import save_file
+
+    source = tmp_path / "p.safetensors"
+    save_file({"linear.weight": torch.randn(8, 8), "linear.bias": torch.randn(8),
+               "positions": torch.arange(8)}, str(source))
+    archive = tmp_path / "p.rftp"
+    rftpack.compress(source, archive, predictor=False)
+    model = WithPositions()
+    result = rt.load_state_dict(model, archive)  # strict: positions is known, not unexpected
+    assert result.unexpected_keys == [] and torch.equal(model.positions, torch.arange(8))
+    with torch.device("meta"):
+        lazy = WithPositions()
+    rt.lazy_load(lazy, archive)
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        assert torch.equal(lazy(x), model(x))
