@@ -374,6 +374,8 @@ def extract(archive: str | os.PathLike, out: str | os.PathLike, *, format: str |
     with Archive(archive) as reader:
         infos = archive_infos(reader)
         with open_sink(out, infos, format) as sink:
-            for info in progress(infos):
-                sink.write(info.name, reader.get_tensor(info.name, use_predictor=use_predictor))
+            decoded = reader.items(use_predictor=use_predictor)
+            for info, (name, array) in zip(progress(infos), decoded, strict=True):
+                sink.write(name, array)
+                del array
     return Path(out)
