@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -36,6 +37,7 @@ from rftpack.dtypes import dtype_from_name
 from rftpack.errors import InputError, OutputError, StageError
 from rftpack.io import TensorInfo, open_sink, open_source
 from rftpack.profiles import Profile, build_stage, get_profile
+from rftpack.ratecontrol import RatePlan, TensorStats, plan, sample_of
 from rftpack.residual import ResidualSampler, TrainedResidual
 from rftpack.stages.base import Coder, Predictor, Quantizer, Transform
 
@@ -91,6 +93,15 @@ class CompressOptions:
     layout: str | None = None
     payload: str = "binary"
     overwrite: bool = False
+    #: Rate control (scalar profile): at most one of these.
+    target_bpw: float | None = None
+    target_snr_db: float | None = None
+    max_rel_error: float | None = None
+
+    @property
+    def rate_controlled(self) -> bool:
+        return any(t is not None for t in (self.target_bpw, self.target_snr_db,
+                                           self.max_rel_error))
 
     def build(self) -> tuple[Profile, LossyPipeline | None, ExactPipeline, Predictor | None]:
         if not isinstance(self.min_lossy_numel, int) or self.min_lossy_numel < 0:
@@ -146,6 +157,8 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
         infos = model.infos()
         if not infos:
             raise InputError(f"{model.path}: the model holds no tensors")
+        rate_plan = (_plan_rate(model, infos, lossy, exact, options)
+                     if options.rate_controlled else None)
         sampler = (ResidualSampler(band_count=lossy.max_bands())
                    if predictor is not None and lossy is not None else None)
         writer = ArchiveWriter(out, layout=options.layout, payload=options.payload,
@@ -154,7 +167,8 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
             entries, totals = [], _Totals()
             for info in progress(infos):
                 array = model.read(info.name)
-                encoded = _encode_one(info, array, lossy, exact, options, sampler)
+                pipeline = _with_step(lossy, rate_plan, info.name, options)
+                encoded = _encode_one(info, array, pipeline, exact, options, sampler)
                 written = writer.add_tensor(encoded)
                 entries.append(_manifest_entry(info, encoded, written))
                 totals.add(info, encoded, written)
@@ -168,7 +182,7 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
                 predictor_seconds = time.perf_counter() - t0
                 predictor_record = _decide_predictor(trained, entries, writer)
             manifest = _manifest(model, profile, options, lossy, entries, totals, trained,
-                                 predictor_record)
+                                 predictor_record, rate_plan)
             writer.finish(manifest)
         except BaseException:
             writer.abort()
@@ -176,6 +190,45 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
     archive_bytes = _path_bytes(Path(out))
     return CompressResult(Path(out), manifest, totals.original_bytes, archive_bytes,
                           time.perf_counter() - started, predictor_seconds)
+
+
+def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
+               exact: ExactPipeline, options: CompressOptions) -> RatePlan:
+    """First pass of rate control: sample every lossy tensor, size every exact one."""
+    if lossy is None or not hasattr(lossy.quantizer, "step"):
+        raise StageError("rate control (--bpw / --snr-db / --max-rel-error) needs a quantizer "
+                         "with a 'step' parameter: use --profile scalar")
+    logger.info("rate control: first pass over %d tensors", len(infos))
+    stats = []
+    for info in infos:
+        array = model.read(info.name)
+        floating = array.dtype.kind == "f" or array.dtype.name == "bfloat16"
+        values = array.astype(np.float64).reshape(-1) if floating else None
+        finite = values[np.isfinite(values)] if values is not None else None
+        signal = float(np.dot(finite, finite)) if finite is not None else 0.0
+        if is_lossy_candidate(array, min_numel=options.min_lossy_numel,
+                              lossy_1d=options.lossy_1d):
+            stats.append(TensorStats(info.name, info.numel, True, signal,
+                                     float(np.max(np.abs(finite))) if finite.size else 0.0,
+                                     sample_of(finite)))
+        else:
+            size = len(encode_exact(info.name, array, exact).payload)
+            stats.append(TensorStats(info.name, info.numel, False, signal, 0.0, exact_bytes=size))
+        del array, values, finite
+        model.release(info.name)
+    return plan(stats, target_bpw=options.target_bpw, target_snr_db=options.target_snr_db,
+                max_rel_error=options.max_rel_error, block_size=lossy.block_size)
+
+
+def _with_step(lossy: LossyPipeline | None, rate_plan: RatePlan | None, name: str,
+               options: CompressOptions) -> LossyPipeline | None:
+    """The lossy pipeline with the rate-controlled step of this tensor, if any."""
+    if lossy is None or rate_plan is None or rate_plan.step_for(name) is None:
+        return lossy
+    changes: dict[str, Any] = {"step": rate_plan.step_for(name)}
+    if options.max_rel_error is not None and hasattr(lossy.quantizer, "centroid"):
+        changes["centroid"] = False  # centroid shifts would break the error bound
+    return dataclasses.replace(lossy, quantizer=dataclasses.replace(lossy.quantizer, **changes))
 
 
 def _encode_one(info: TensorInfo, array: np.ndarray, lossy: LossyPipeline | None,
@@ -270,7 +323,8 @@ def _decide_predictor(trained: TrainedResidual | None, entries: list[dict[str, A
 
 def _manifest(model: Any, profile: Profile, options: CompressOptions,
               lossy: LossyPipeline | None, entries: list[dict[str, Any]], totals: _Totals,
-              trained: TrainedResidual | None, predictor: dict[str, Any] | None) -> dict[str, Any]:
+              trained: TrainedResidual | None, predictor: dict[str, Any] | None,
+              rate_plan: RatePlan | None = None) -> dict[str, Any]:
     codec: dict[str, Any] = {"mode": "hybrid" if lossy else "exact", "profile": profile.name,
                              "lossless": lossy is None,
                              "min_lossy_numel": options.min_lossy_numel,
@@ -282,6 +336,13 @@ def _manifest(model: Any, profile: Profile, options: CompressOptions,
                       "quant_amp_bits": q.get("amp_bits"), "quant_phase_bits": q.get("phase_bits"),
                       "transform": lossy.transform.id, "quantizer": lossy.quantizer.id,
                       "coder": lossy.coder.id, "block_size": lossy.block_size})
+    if rate_plan is not None:
+        codec["rate_control"] = {
+            "target_bpw": options.target_bpw, "target_snr_db": options.target_snr_db,
+            "max_rel_error": options.max_rel_error, "step": rate_plan.step,
+            "estimated_bpw": round(rate_plan.estimated_bpw, 4),
+            "estimated_snr_db": (round(rate_plan.estimated_snr_db, 4)
+                                 if rate_plan.estimated_snr_db is not None else None)}
     snr = (10.0 * math.log10(totals.signal / totals.error)
            if totals.error > 0 and totals.signal > 0 else None)
     metrics: dict[str, Any] = {
@@ -375,7 +436,7 @@ def extract(archive: str | os.PathLike, out: str | os.PathLike, *, format: str |
         infos = archive_infos(reader)
         with open_sink(out, infos, format) as sink:
             decoded = reader.items(use_predictor=use_predictor)
-            for info, (name, array) in zip(progress(infos), decoded, strict=True):
+            for _info, (name, array) in zip(progress(infos), decoded, strict=True):
                 sink.write(name, array)
                 del array
     return Path(out)

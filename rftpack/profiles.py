@@ -3,7 +3,7 @@
 Example:
     >>> from rftpack.profiles import PROFILES
     >>> sorted(PROFILES)
-    ['hybrid', 'lossless']
+    ['hybrid', 'lossless', 'scalar']
 """
 
 from __future__ import annotations
@@ -44,6 +44,15 @@ PROFILES: dict[str, Profile] = {
                                                        "prune_mode": "relative"}},
         coder={"name": "rans", "configuration": {}},
         predictor={"name": "mlp", "configuration": {}},
+    ),
+    "scalar": Profile(
+        name="scalar",
+        description="uniform scalar quantization of the weights themselves (no transform), "
+                    "centroid reconstruction, rANS; one step for the whole model, set by "
+                    "--bpw / --snr-db / --max-rel-error or rel_step 0.1",
+        transform={"name": "identity", "configuration": {}},
+        quantizer={"name": "scalar", "configuration": {"rel_step": 0.1}},
+        coder={"name": "rans", "configuration": {}},
     ),
     "lossless": Profile(
         name="lossless",

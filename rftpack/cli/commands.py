@@ -48,6 +48,8 @@ def compress_options(args: argparse.Namespace) -> CompressOptions:
         profile=args.profile, lossless=args.lossless, quantizer_overrides=overrides,
         block_size=args.block_size, min_lossy_numel=args.min_lossy_numel,
         lossy_1d=args.lossy_1d, layout=args.layout, payload=args.payload, overwrite=args.force,
+        target_bpw=args.target_bpw, target_snr_db=args.target_snr_db,
+        max_rel_error=args.max_rel_error,
     )
     if args.transform:
         options.transform = {"name": args.transform, "configuration": {}}

@@ -24,6 +24,7 @@ EPILOG = """\
 examples:
   rftpack compress model.safetensors -o model.rftp          hybrid RFT codec (default)
   rftpack compress ./my-hf-model -o model.rftp --lossless   bit-exact archive
+  rftpack compress model.safetensors --profile scalar --bpw 5   rate-controlled scalar codec
   rftpack compress sentence-transformers/all-MiniLM-L6-v2   a model in the local HF cache
   rftpack extract model.rftp -o restored.safetensors        or -o restored.bin for torch
   rftpack info model.rftp                                   sizes, ratio, bits/weight, stages
@@ -76,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--predictor", help="residual predictor stage id (default: the profile's)")
     c.add_argument("--no-predictor", action="store_true",
                    help="do not train a residual predictor")
+    rate = c.add_argument_group("rate control (scalar profile; give one)")
+    rate.add_argument("--bpw", type=float, dest="target_bpw",
+                      help="target bits per weight for the whole archive")
+    rate.add_argument("--snr-db", type=float, dest="target_snr_db",
+                      help="target aggregate weight SNR in dB")
+    rate.add_argument("--max-rel-error", type=float, dest="max_rel_error",
+                      help="bound every weight's error by X × its tensor's max |weight|")
     c.add_argument("--block-size", type=int, help="weights per transform block (2**20)")
     c.add_argument("--min-lossy-numel", type=int, default=1024,
                    help="smaller float tensors are stored exactly")

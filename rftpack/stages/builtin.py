@@ -16,8 +16,9 @@ def rftpack_transforms() -> list[type]:
 @hookimpl
 def rftpack_quantizers() -> list[type]:
     from rftpack.stages.polar import PolarQuantizer
+    from rftpack.stages.scalar import ScalarQuantizer
 
-    return [PolarQuantizer]
+    return [PolarQuantizer, ScalarQuantizer]
 
 
 @hookimpl
