@@ -16,12 +16,14 @@ from rftpack.stages.polar import PolarQuantizer
 from rftpack.stages.rans import RansCoder
 from rftpack.stages.raw import RawCoder
 from rftpack.stages.rft import RFT
+from rftpack.stages.scalar import ScalarQuantizer
 from rftpack.stages.zstd import ZstdCoder
 
 INSTANCES = [
     RFT(), RFT(beta=0.25, sigma=3.0), Identity(),
     PolarQuantizer(), PolarQuantizer(amp_bits=8, phase_bits=7, prune_threshold=0.01,
                                      prune_mode="absolute"),
+    ScalarQuantizer(), ScalarQuantizer(step=0.01, centroid=False),
     RansCoder(), ZstdCoder(), ZstdCoder(level=19), RawCoder(),
     MLPPredictor(), MLPPredictor(hidden_dim=8, steps=10, learning_rate=0.01, seed=3),
 ]
