@@ -24,7 +24,7 @@ import numpy as np
 
 from rftpack import __version__
 from rftpack.archive.reader import Archive
-from rftpack.archive.writer import ArchiveWriter
+from rftpack.archive.writer import ArchiveWriter, default_layout
 from rftpack.codec import (
     EncodedTensor,
     ExactPipeline,
@@ -37,7 +37,7 @@ from rftpack.dtypes import dtype_from_name
 from rftpack.errors import InputError, OutputError, StageError
 from rftpack.io import TensorInfo, open_sink, open_source
 from rftpack.profiles import Profile, build_stage, get_profile
-from rftpack.ratecontrol import RatePlan, TensorStats, plan, sample_of
+from rftpack.ratecontrol import Overhead, RatePlan, TensorStats, plan, sample_of
 from rftpack.residual import ResidualSampler, TrainedResidual
 from rftpack.stages.base import Coder, Predictor, Quantizer, Transform
 
@@ -157,7 +157,7 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
         infos = model.infos()
         if not infos:
             raise InputError(f"{model.path}: the model holds no tensors")
-        rate_plan = (_plan_rate(model, infos, lossy, exact, options)
+        rate_plan = (_plan_rate(model, infos, lossy, exact, options, out)
                      if options.rate_controlled else None)
         sampler = (ResidualSampler(band_count=lossy.max_bands())
                    if predictor is not None and lossy is not None else None)
@@ -193,11 +193,12 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
 
 
 def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
-               exact: ExactPipeline, options: CompressOptions) -> RatePlan:
+               exact: ExactPipeline, options: CompressOptions,
+               out: str | os.PathLike) -> RatePlan:
     """First pass of rate control: sample every lossy tensor, size every exact one."""
     if lossy is None or not hasattr(lossy.quantizer, "step"):
         raise StageError("rate control (--bpw / --snr-db / --max-rel-error) needs a quantizer "
-                         "with a 'step' parameter: use --profile scalar")
+                         "with a 'step' parameter: use --profile scalar or --profile dq")
     logger.info("rate control: first pass over %d tensors", len(infos))
     stats = []
     for info in infos:
@@ -216,8 +217,11 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
             stats.append(TensorStats(info.name, info.numel, False, signal, 0.0, exact_bytes=size))
         del array, values, finite
         model.release(info.name)
-    return plan(stats, target_bpw=options.target_bpw, target_snr_db=options.target_snr_db,
-                max_rel_error=options.max_rel_error, block_size=lossy.block_size)
+    return plan(stats, lossy.quantizer, target_bpw=options.target_bpw,
+                target_snr_db=options.target_snr_db,
+                max_rel_error=options.max_rel_error, block_size=lossy.block_size,
+                overhead=Overhead.for_layout(options.layout or default_layout(Path(out)),
+                                             options.payload))
 
 
 def _with_step(lossy: LossyPipeline | None, rate_plan: RatePlan | None, name: str,

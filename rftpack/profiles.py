@@ -3,7 +3,7 @@
 Example:
     >>> from rftpack.profiles import PROFILES
     >>> sorted(PROFILES)
-    ['hybrid', 'lossless', 'scalar']
+    ['dq', 'hybrid', 'lossless', 'scalar']
 """
 
 from __future__ import annotations
@@ -49,9 +49,17 @@ PROFILES: dict[str, Profile] = {
         name="scalar",
         description="uniform scalar quantization of the weights themselves (no transform), "
                     "centroid reconstruction, rANS; one step for the whole model, set by "
-                    "--bpw / --snr-db / --max-rel-error or rel_step 0.1",
+                    "--bpw / --snr-db / --max-rel-error, else rel_step 0.1",
         transform={"name": "identity", "configuration": {}},
         quantizer={"name": "scalar", "configuration": {"rel_step": 0.1}},
+        coder={"name": "rans", "configuration": {}},
+    ),
+    "dq": Profile(
+        name="dq",
+        description="dependent (trellis-coded) scalar quantization as in NNCodec: 4-state "
+                    "Viterbi, ≈ +0.8 dB over 'scalar' at equal rate, encodes ~8× slower",
+        transform={"name": "identity", "configuration": {}},
+        quantizer={"name": "dq", "configuration": {"rel_step": 0.06}},
         coder={"name": "rans", "configuration": {}},
     ),
     "lossless": Profile(

@@ -10,19 +10,35 @@ table and container overheads, distortion from the sample's actual quantization 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from rftpack.errors import StageError
+from rftpack.stages.base import Quantizer
 
-SAMPLE_SIZE = 1 << 16
-# Bytes besides payloads, measured on rftpack's own archives: per lossy tensor (container JSON,
-# manifest entry, ZIP headers of two members), per exact tensor, and once per archive.
-LOSSY_OVERHEAD_BYTES = 3000
-EXACT_OVERHEAD_BYTES = 1400
-ARCHIVE_OVERHEAD_BYTES = 1500
+SAMPLE_SIZE = 1 << 15
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """Bytes besides payloads, measured on rftpack's own archives: per lossy tensor (container
+    JSON, manifest entry, ZIP headers of two members), per exact tensor, once per archive; and
+    the payload expansion (4/3 for base64 inside the JSON)."""
+
+    lossy: int = 1200
+    exact: int = 820
+    archive: int = 500
+    payload_factor: float = 1.0
+
+    @classmethod
+    def for_layout(cls, layout: str, payload: str) -> Overhead:
+        factor = 4 / 3 if payload == "base64" else 1.0
+        if layout == "zip":  # JSON members are deflated
+            return cls(payload_factor=factor)
+        return cls(lossy=2700, exact=1300, archive=1500, payload_factor=factor)
 
 
 @dataclass
@@ -57,61 +73,88 @@ def sample_of(x: np.ndarray) -> np.ndarray:
     return flat[::stride].astype(np.float64)
 
 
-def _estimate(stats: TensorStats, step: float, block_size: int) -> tuple[float, float]:
-    """(bits, squared error) of quantizing the whole tensor with ``step``."""
-    scaled = stats.sample / step
-    q = np.rint(scaled)
-    m = q.shape[0]
-    _, counts = np.unique(q, return_counts=True)
+def _estimate(stats: TensorStats, quantizer: Quantizer, block_size: int
+              ) -> tuple[float, float]:
+    """(bits, squared error) of quantizing the whole tensor, measured on its sample with the
+    quantizer itself (so centroid shifts, trellis search etc. are all accounted for)."""
+    streams, side = quantizer.quantize(stats.sample, [])
+    symbols = streams["codes"].symbols
+    m = symbols.shape[0]
+    counts = np.bincount(symbols)
+    counts = counts[counts > 0]
     p = counts / m
     entropy = float(-(p * np.log2(p)).sum()) + (counts.shape[0] - 1) / (2 * m * math.log(2))
     blocks = max(1, math.ceil(stats.numel / block_size))
     table_bits = 8 * 3 * counts.shape[0] * blocks
-    error = float(np.mean((scaled - q) ** 2)) * step * step * stats.numel
+    rebuilt = quantizer.dequantize({"codes": symbols}, side, m)
+    error = float(np.mean((stats.sample - rebuilt) ** 2)) * stats.numel
     return entropy * stats.numel + table_bits, error
 
 
-def plan(stats: list[TensorStats], *, target_bpw: float | None = None,
+def plan(stats: list[TensorStats], quantizer: Quantizer, *, target_bpw: float | None = None,
          target_snr_db: float | None = None, max_rel_error: float | None = None,
-         block_size: int = 1 << 20) -> RatePlan:
-    """Choose steps for a target; exactly one target must be given.
+         block_size: int = 1 << 20, overhead: Overhead | None = None) -> RatePlan:
+    """Choose steps for ``quantizer`` (a stage with a ``step`` field) to meet one target.
 
-    >>> s = [TensorStats("w", 4096, True, 4096.0, 3.0, np.random.default_rng(0).normal(size=4096))]
-    >>> round(plan(s, target_snr_db=30.0).estimated_snr_db)
+    >>> from rftpack.stages.scalar import ScalarQuantizer
+    >>> x = np.random.default_rng(0).normal(size=4096)
+    >>> s = [TensorStats("w", 4096, True, float(x @ x), 3.0, x)]
+    >>> round(plan(s, ScalarQuantizer(), target_snr_db=30.0).estimated_snr_db)
     30
     """
+    if not hasattr(quantizer, "step"):
+        raise StageError(f"rate control needs a quantizer with a 'step' parameter; "
+                         f"{quantizer.id!r} has none: use --profile scalar or dq")
     given = [t is not None for t in (target_bpw, target_snr_db, max_rel_error)]
     if sum(given) != 1:
         raise StageError("give exactly one of target_bpw, target_snr_db, max_rel_error")
     lossy = [s for s in stats if s.lossy and s.numel]
     weights = sum(s.numel for s in stats)
-    fixed_bits = 8 * (sum(s.exact_bytes for s in stats) + ARCHIVE_OVERHEAD_BYTES
-                      + sum(LOSSY_OVERHEAD_BYTES if s.lossy else EXACT_OVERHEAD_BYTES
-                            for s in stats))
+    overhead = overhead or Overhead()
+    fixed_bits = 8 * (overhead.payload_factor * sum(s.exact_bytes for s in stats)
+                      + overhead.archive
+                      + sum(overhead.lossy if s.lossy else overhead.exact for s in stats))
     signal = sum(s.signal for s in stats)
     if not lossy:
         raise StageError("rate control found no tensor that takes the lossy path")
 
+    def at(step: float, **changes: object) -> Quantizer:
+        return dataclasses.replace(quantizer, step=step, **changes)  # type: ignore[type-var]
+
     def totals(step: float) -> tuple[float, float]:
         bits = error = 0.0
         for s in lossy:
-            b, e = _estimate(s, step, block_size)
-            bits += b
+            b, e = _estimate(s, at(step), block_size)
+            bits += b * overhead.payload_factor
             error += e
         return bits + fixed_bits, error
 
     if max_rel_error is not None:
         if not 0 < max_rel_error < 1:
             raise StageError(f"max_rel_error must be in (0, 1), got {max_rel_error}")
+        if quantizer.id != "scalar":
+            raise StageError("max_rel_error needs the scalar quantizer (a trellis quantizer "
+                             "does not bound each weight's error by half a step)")
         steps = {s.name: max(2 * max_rel_error * s.peak, 1e-30) for s in lossy}
         bits = error = 0.0
         for s in lossy:
-            b, e = _estimate(s, steps[s.name], block_size)
-            bits, error = bits + b, error + e
+            b, e = _estimate(s, at(steps[s.name], centroid=False), block_size)
+            bits, error = bits + b * overhead.payload_factor, error + e
         return RatePlan(None, steps, (bits + fixed_bits) / weights, _snr(signal, error))
 
     rms = math.sqrt(sum(s.signal for s in lossy) / sum(s.numel for s in lossy)) or 1.0
     lo, hi = math.log(rms * 1e-5), math.log(rms * 20.0)
+    iterations = 30
+    if quantizer.id != "scalar":
+        # Slow quantizers (trellis search): bracket with the scalar quantizer's answer first,
+        # then refine in a narrow range with few evaluations of the real one.
+        from rftpack.stages.scalar import ScalarQuantizer
+
+        proxy = plan(stats, ScalarQuantizer(), target_bpw=target_bpw,
+                     target_snr_db=target_snr_db, block_size=block_size, overhead=overhead)
+        assert proxy.step is not None
+        lo, hi = math.log(proxy.step * 0.25), math.log(proxy.step * 1.5)
+        iterations = 12
     if target_bpw is not None:
         if target_bpw * weights <= fixed_bits:
             raise StageError(f"{target_bpw} bits per weight cannot even hold the exact tensors "
@@ -125,7 +168,7 @@ def plan(stats: list[TensorStats], *, target_bpw: float | None = None,
         def too_big(step: float) -> bool:
             return totals(step)[1] <= allowed  # still within the error budget: step can grow
 
-    for _ in range(50):  # bisection on log Δ: rate falls and error grows as Δ grows
+    for _ in range(iterations):  # bisection on log Δ: rate falls, error grows as Δ grows
         mid = 0.5 * (lo + hi)
         if too_big(math.exp(mid)):
             lo = mid

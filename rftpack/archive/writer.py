@@ -57,9 +57,10 @@ class ArchiveWriter:
                                     else DirectoryStore(self.path, overwrite=overwrite))
         self.bytes_written = 0
 
-    def _put(self, member: str, data: bytes) -> None:
-        self.store.put(member, data)
-        self.bytes_written += len(data)
+    def _put(self, member: str, data: bytes) -> int:
+        stored = self.store.put(member, data)
+        self.bytes_written += stored
+        return stored
 
     def add_tensor(self, encoded: EncodedTensor) -> dict[str, Any]:
         """Store one tensor; returns what the manifest needs to know about it."""
@@ -84,9 +85,9 @@ class ArchiveWriter:
                 offset, length = seg["offset"], seg["length"]
                 seg["data"] = base64.b64encode(view[offset:offset + length]).decode("ascii")
         document = dumps(container)
-        self._put(member, document)
+        stored = self._put(member, document)
         return {"file": member, "container_sha256": hashlib.sha256(document).hexdigest(),
-                "container_bytes": len(document), "stored_bytes": len(document) + payload_bytes}
+                "container_bytes": stored, "stored_bytes": stored + payload_bytes}
 
     def add_predictor(self, obj: dict[str, Any]) -> dict[str, Any]:
         document = dumps(obj)

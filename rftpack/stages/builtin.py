@@ -15,10 +15,11 @@ def rftpack_transforms() -> list[type]:
 
 @hookimpl
 def rftpack_quantizers() -> list[type]:
+    from rftpack.stages.dq import DependentQuantizer
     from rftpack.stages.polar import PolarQuantizer
     from rftpack.stages.scalar import ScalarQuantizer
 
-    return [PolarQuantizer, ScalarQuantizer]
+    return [PolarQuantizer, ScalarQuantizer, DependentQuantizer]
 
 
 @hookimpl

@@ -118,7 +118,11 @@ def test_members_on_disk(archives, layout: str, payload: str) -> None:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
             members = [i.filename for i in infos]
-            assert all(i.compress_type == zipfile.ZIP_STORED for i in infos)
+            # payloads stored (readable at any offset), JSON deflated
+            assert all(i.compress_type == zipfile.ZIP_STORED for i in infos
+                       if i.filename.endswith(".bin"))
+            assert all(i.compress_type == zipfile.ZIP_DEFLATED for i in infos
+                       if i.filename.endswith(".json"))
             assert all(i.date_time == (1980, 1, 1, 0, 0, 0) for i in infos)
             assert members[-1] == MANIFEST  # the manifest is written last
     else:

@@ -1,0 +1,196 @@
+"""``dq``: dependent scalar quantization — a 4-state trellis over two interleaved quantizers,
+as in VVC and NNCodec, chosen by a vectorised Viterbi search.
+
+    Q0 reconstructs 2k·Δ, Q1 reconstructs (2k − sgn k)·Δ; states 0, 1 use Q0, states 2, 3 Q1;
+    after each index k the state moves by its parity: next = TRANS[state][k & 1].
+
+The union of both quantizers is a grid of step Δ, but each index only has to tell apart the
+levels of one quantizer (step 2Δ): at equal rate this gains about 0.9 dB over plain rounding
+on MiniLM. The encoder minimises squared error + λ·bits along chains of ``chain`` weights
+(each starting in state 0), all chains of a block in parallel; the decoder replays the
+states, which is cheap and exact.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from rftpack.errors import FormatError, StageError
+from rftpack.stages.base import Codes, Quantizer
+from rftpack.stages.scalar import MAX_CODE, unzigzag, zigzag
+
+TRANS = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int8)
+
+
+def _chains(x: np.ndarray, chain: int) -> np.ndarray:
+    """(chain, C) view-copy: column c is weights [c·chain, (c+1)·chain), zero-padded."""
+    count = -(-x.shape[0] // chain) if x.shape[0] else 0
+    padded = np.zeros(count * chain, np.float64)
+    padded[: x.shape[0]] = x
+    return np.ascontiguousarray(padded.reshape(count, chain).T)
+
+
+def _rate_table(scaled: np.ndarray) -> np.ndarray:
+    """Bits of |k| (plus a sign bit), from rounding at the single-quantizer step 2Δ."""
+    k = np.abs(np.rint(scaled / 2.0)).astype(np.int64)
+    counts = np.bincount(k, minlength=2).astype(np.float64) + 0.5
+    bits = -np.log2(counts / counts.sum()) + (np.arange(counts.shape[0]) > 0)
+    return np.append(bits, bits[-1] + 2.0)  # anything larger: expensive
+
+
+def _index(k: np.ndarray, top: int) -> np.ndarray:
+    return np.minimum(np.abs(k), top).astype(np.intp)
+
+
+def viterbi(scaled: np.ndarray, lam: float, rates: np.ndarray, chain: int) -> np.ndarray:
+    """Indices k minimising Σ (x/Δ − level)² + lam·bits(k), per chain; ``scaled`` = x / Δ."""
+    n = scaled.shape[0]
+    xs = _chains(scaled, chain)
+    steps, width = xs.shape
+    inf = np.float64(np.inf)
+    cost = np.full((4, width), inf)
+    cost[0] = 0.0
+    top = rates.shape[0] - 1
+    choice = np.zeros((steps, 4, width), np.int32)   # k chosen on the way into each state
+    came = np.zeros((steps, 4, width), np.bool_)      # which of the two predecessors
+
+    def candidates(levels_even, k_even, levels_odd, k_odd, x):
+        # Best (cost, k) among the even-parity and the odd-parity indices of one quantizer.
+        j_even = (x - levels_even) ** 2 + lam * rates[_index(k_even, top)]
+        j_zero = x * x + lam * rates[0]
+        zero_better = j_zero < j_even
+        j_even = np.where(zero_better, j_zero, j_even)
+        k_even = np.where(zero_better, 0, k_even)
+        j_odd = (x - levels_odd) ** 2 + lam * rates[_index(k_odd, top)]
+        return j_even, k_even, j_odd, k_odd
+
+    for t in range(steps):
+        x = xs[t]
+        # Q0: levels 2k. Nearest index and its neighbour toward x have opposite parities.
+        a = np.rint(x / 2.0)
+        b = a + np.where(x >= 2.0 * a, 1.0, -1.0)
+        a_even = (a.astype(np.int64) & 1) == 0
+        k0e, k0o = np.where(a_even, a, b), np.where(a_even, b, a)
+        q0 = candidates(2.0 * k0e, k0e, 2.0 * k0o, k0o, x)
+        # Q1: levels 0, ±1, ±3, ±5 …; level L = 2k − sgn k. Take the two odd levels around x.
+        o = 2.0 * np.floor((x - 1.0) / 2.0) + 1.0
+        levels = (o, o + 2.0)
+        ks = [np.where(lv > 0, (lv + 1.0) / 2.0, (lv - 1.0) / 2.0) for lv in levels]
+        first_even = (ks[0].astype(np.int64) & 1) == 0
+        # Between −1 and +1 both neighbours have odd k: the even choice is then 0 alone.
+        straddles = o == -1.0
+        nearer_first = np.abs(x - levels[0]) <= np.abs(x - levels[1])
+        k1e = np.where(first_even, ks[0], ks[1])
+        k1o = np.where(straddles, np.where(nearer_first, ks[0], ks[1]),
+                       np.where(first_even, ks[1], ks[0]))
+        l1e = np.where(straddles, np.inf, np.where(first_even, levels[0], levels[1]))
+        l1o = np.where(straddles, np.where(nearer_first, levels[0], levels[1]),
+                       np.where(first_even, levels[1], levels[0]))
+        q1 = candidates(l1e, k1e, l1o, k1o, x)
+        new = np.empty_like(cost)
+        # (next state, predecessor A with parity, predecessor B with parity, quantizer)
+        for ns, (sa, pa), (sb, pb), q in ((0, (0, 0), (1, 1), q0), (2, (0, 1), (1, 0), q0),
+                                          (1, (2, 0), (3, 1), q1), (3, (2, 1), (3, 0), q1)):
+            ja, ka = (q[0], q[1]) if pa == 0 else (q[2], q[3])
+            jb, kb = (q[0], q[1]) if pb == 0 else (q[2], q[3])
+            via_a, via_b = cost[sa] + ja, cost[sb] + jb
+            from_b = via_b < via_a
+            new[ns] = np.where(from_b, via_b, via_a)
+            came[t, ns] = from_b
+            choice[t, ns] = np.where(from_b, kb, ka)
+        cost = new
+    # Trace back from the best final state of every chain.
+    predecessors = np.array([[0, 1], [2, 3], [0, 1], [2, 3]])  # A, B for next states 0..3
+    state = np.argmin(cost, axis=0)
+    out = np.zeros((steps, width), np.int64)
+    columns = np.arange(width)
+    for t in range(steps - 1, -1, -1):
+        out[t] = choice[t, state, columns]
+        state = predecessors[state, came[t, state, columns].astype(np.int64)]
+    return out.T.reshape(-1)[:n]
+
+
+def replay(k: np.ndarray, chain: int) -> np.ndarray:
+    """Reconstruction levels (in units of Δ) of indices ``k``, replaying the state machine."""
+    n = k.shape[0]
+    count = -(-n // chain) if n else 0
+    padded = np.zeros(count * chain, np.int64)
+    padded[:n] = k
+    ks = np.ascontiguousarray(padded.reshape(count, chain).T)
+    levels = np.empty(ks.shape, np.float64)
+    state = np.zeros(count, np.int8)
+    for t in range(ks.shape[0]):
+        kt = ks[t]
+        levels[t] = np.where(state < 2, 2 * kt, 2 * kt - np.sign(kt))
+        state = TRANS[state, kt & 1]
+    return levels.T.reshape(-1)[:n]
+
+
+@dataclass(frozen=True)
+class DependentQuantizer(Quantizer):
+    """Dependent (trellis-coded) scalar quantization, 4 states, Viterbi encoder (as NNCodec).
+
+    Example:
+        >>> q = DependentQuantizer(step=0.05)
+        >>> x = np.random.default_rng(0).normal(size=1000) * 0.1
+        >>> streams, side = q.quantize(x, [])
+        >>> y = q.dequantize({"codes": streams["codes"].symbols}, side, 1000)
+        >>> bool(np.max(np.abs(x - y)) < 2 * side["step"])
+        True
+    """
+
+    id: ClassVar[str] = "dq"
+    step: float = 0.0
+    rel_step: float = 0.06
+    chain: int = 64
+    lam: float = 0.25
+
+    def __post_init__(self) -> None:
+        for name in ("step", "rel_step", "lam"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and not isinstance(value, bool)
+                    and math.isfinite(value) and value >= 0):
+                raise StageError(f"dq: {name} must be a finite number ≥ 0, got {value!r}")
+        if self.step == 0 and self.rel_step == 0:
+            raise StageError("dq: set step or rel_step")
+        if not isinstance(self.chain, int) or not 1 <= self.chain <= 1 << 16:
+            raise StageError(f"dq: chain must be an integer in [1, 65536], got {self.chain!r}")
+
+    def quantize(self, coefficients: np.ndarray, bands: list[tuple[int, int]]
+                 ) -> tuple[dict[str, Codes], dict[str, Any]]:
+        x = np.real(coefficients).astype(np.float64, copy=False)
+        peak = float(np.max(np.abs(x))) if x.size else 0.0
+        if self.step > 0:
+            step = float(self.step)
+        else:
+            rms = float(np.sqrt(np.mean(np.square(x)))) if x.size else 0.0
+            step = self.rel_step * rms if rms > 0 else 1.0
+        step = max(step, 2.0 * peak / MAX_CODE, np.finfo(np.float64).tiny)
+        scaled = x / step
+        k = viterbi(scaled, self.lam, _rate_table(scaled), self.chain) if x.size else \
+            np.zeros(0, np.int64)
+        symbols = zigzag(k)
+        alphabet = int(symbols.max()) + 1 if symbols.size else 1
+        return {"codes": Codes(symbols, alphabet)}, {"step": step, "alphabet": alphabet}
+
+    def stream_alphabets(self, side: dict[str, Any]) -> dict[str, int]:
+        alphabet = side.get("alphabet")
+        if not isinstance(alphabet, int) or not 1 <= alphabet <= 2 * MAX_CODE + 1:
+            raise FormatError(f"dq: side.alphabet must be in [1, {2 * MAX_CODE + 1}]")
+        return {"codes": alphabet}
+
+    def dequantize(self, streams: dict[str, np.ndarray], side: dict[str, Any], count: int,
+                   refine: Any = None) -> np.ndarray:
+        step = side.get("step")
+        if not (isinstance(step, int | float) and math.isfinite(step) and step > 0):
+            raise FormatError("dq: side.step must be a positive finite number")
+        codes = streams.get("codes")
+        if codes is None or codes.shape[0] != count:
+            raise FormatError(f"dq: expected {count} codes")
+        if codes.size and int(codes.max()) >= self.stream_alphabets(side)["codes"]:
+            raise FormatError("dq: code outside its alphabet")
+        return replay(unzigzag(codes), self.chain) * float(step)
