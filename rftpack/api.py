@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -97,6 +98,11 @@ class CompressOptions:
     target_bpw: float | None = None
     target_snr_db: float | None = None
     max_rel_error: float | None = None
+    #: Rate control weighs the squared error of token-embedding tables by this: each row is
+    #: used only when its token appears, so its errors reach the output far less than those
+    #: of layers every token passes through (MiniLM at 5 bpw: embedding cosine 0.9934 with
+    #: 1.0, 0.9977 with 0.1).
+    embedding_weight: float = 0.1
 
     @property
     def rate_controlled(self) -> bool:
@@ -209,9 +215,10 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
         signal = float(np.dot(finite, finite)) if finite is not None else 0.0
         if is_lossy_candidate(array, min_numel=options.min_lossy_numel,
                               lossy_1d=options.lossy_1d):
+            weight = options.embedding_weight if is_token_embedding(info.name) else 1.0
             stats.append(TensorStats(info.name, info.numel, True, signal,
                                      float(np.max(np.abs(finite))) if finite.size else 0.0,
-                                     sample_of(finite)))
+                                     sample_of(finite), weight=weight))
         else:
             size = len(encode_exact(info.name, array, exact).payload)
             stats.append(TensorStats(info.name, info.numel, False, signal, 0.0, exact_bytes=size))
@@ -222,6 +229,19 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
                 max_rel_error=options.max_rel_error, block_size=lossy.block_size,
                 overhead=Overhead.for_layout(options.layout or default_layout(Path(out)),
                                              options.payload))
+
+
+_TOKEN_EMBEDDING = re.compile(r"(word_embeddings|embed_tokens|tok_embeddings|\bwte\b|"
+                              r"token_embedding|shared\.weight$)")
+
+
+def is_token_embedding(name: str) -> bool:
+    """Names of token-embedding tables in common model families.
+
+    >>> is_token_embedding("embeddings.word_embeddings.weight"), is_token_embedding("lm_head")
+    (True, False)
+    """
+    return bool(_TOKEN_EMBEDDING.search(name))
 
 
 def _with_step(lossy: LossyPipeline | None, rate_plan: RatePlan | None, name: str,

@@ -52,6 +52,9 @@ class TensorStats:
     peak: float
     sample: np.ndarray = field(default_factory=lambda: np.zeros(0))
     exact_bytes: int = 0
+    #: How much this tensor's squared error counts (equal slope of *weighted* distortion:
+    #: its step is Δ / sqrt(weight)).
+    weight: float = 1.0
 
 
 @dataclass
@@ -124,7 +127,7 @@ def plan(stats: list[TensorStats], quantizer: Quantizer, *, target_bpw: float | 
     def totals(step: float) -> tuple[float, float]:
         bits = error = 0.0
         for s in lossy:
-            b, e = _estimate(s, at(step), block_size)
+            b, e = _estimate(s, at(step / math.sqrt(s.weight)), block_size)
             bits += b * overhead.payload_factor
             error += e
         return bits + fixed_bits, error
@@ -176,7 +179,8 @@ def plan(stats: list[TensorStats], quantizer: Quantizer, *, target_bpw: float | 
             hi = mid
     step = math.exp(hi if target_bpw is not None else lo)
     bits, error = totals(step)
-    return RatePlan(step, {}, bits / weights, _snr(signal, error))
+    steps = {s.name: step / math.sqrt(s.weight) for s in lossy if s.weight != 1.0}
+    return RatePlan(step, steps, bits / weights, _snr(signal, error))
 
 
 def _snr(signal: float, error: float) -> float | None:
