@@ -49,7 +49,7 @@ def compress_options(args: argparse.Namespace) -> CompressOptions:
         block_size=args.block_size, min_lossy_numel=args.min_lossy_numel,
         lossy_1d=args.lossy_1d, layout=args.layout, payload=args.payload, overwrite=args.force,
         target_bpw=args.target_bpw, target_snr_db=args.target_snr_db,
-        max_rel_error=args.max_rel_error,
+        max_rel_error=args.max_rel_error, embedding_weight=args.embedding_weight,
     )
     if args.transform:
         options.transform = {"name": args.transform, "configuration": {}}
@@ -232,6 +232,39 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         for name, description in document["profiles"].items():
             profiles.add_row(name, description)
         console.print(profiles)
+    return document
+
+
+# -- bench ----------------------------------------------------------------------------------------
+
+def cmd_bench(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    from rftpack.bench import BenchConfig, markdown_table, plot, run_bench, single_thread
+    from rftpack.bench.report import footnotes, text_table
+
+    single_thread()
+    codecs = tuple(c.strip().lower() for c in args.codecs.split(",") if c.strip())
+    config = BenchConfig(model=args.model, quick=args.quick, embeddings=not args.no_embeddings,
+                         codecs=codecs, workdir=args.workdir, keep_files=bool(args.workdir),
+                         nncodec_python=args.nncodec_python)
+    show = _show(args)
+    result = run_bench(config, log=(lambda line: console.print(line, highlight=False))
+                       if show else (lambda line: None))
+    document = result.to_json()
+    try:
+        document["plot"] = str(plot(result, args.plot))
+    except ImportError:
+        document["plot"] = None
+        console.print("matplotlib is not installed: no plot (pip install matplotlib)")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown_table(result) + "\n")
+        document["markdown"] = args.markdown
+    if show:  # plain fixed-width text: never wrapped to the terminal, easy to paste
+        console.print(f"\nrftpack bench ({'quick, ' if result.quick else ''}"
+                      f"{result.seconds:.0f} s, single thread)", highlight=False)
+        for line in [text_table(result), "", *footnotes(result)]:
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+        if document["plot"]:
+            console.print(f"plot: {document['plot']}", highlight=False, markup=False)
     return document
 
 

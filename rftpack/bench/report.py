@@ -1,0 +1,147 @@
+"""The benchmark's table (plain text / Markdown cells) and its rate–distortion plot."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from rftpack.bench.runner import BenchResult, Row
+
+HEADERS = ["codec", "setting", "bits/weight", "ratio", "weight SNR dB", "tensor SNR dB",
+           "emb. cosine", "enc Mw/s", "dec Mw/s", "peak MB enc/dec"]
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _snr(row: Row, value: float | None) -> str:
+    if value is None:
+        return "—"
+    if math.isinf(value) and value > 0:
+        return "lossless" if row.exact or row.lossless else "inf"
+    return f"{value:.2f}"
+
+
+def row_cells(row: Row) -> list[str]:
+    if row.error:
+        return [row.family, row.setting, "failed"] + ["—"] * (len(HEADERS) - 3)
+    peak = (f"{_num(row.encode_peak_mb, '.0f')} / {_num(row.decode_peak_mb, '.0f')}"
+            if row.encode_peak_mb is not None or row.decode_peak_mb is not None else "—")
+    return [row.family, row.setting, _num(row.bits_per_weight, ".3f"),
+            _num(row.ratio, ".3f") + "×", _snr(row, row.weight_snr_db),
+            _snr(row, row.mean_tensor_snr_db), _num(row.embedding_cosine, ".5f"),
+            _num(row.encode_mweights_s, ".2f"), _num(row.decode_mweights_s, ".2f"), peak]
+
+
+def table_cells(result: BenchResult) -> tuple[list[str], list[list[str]]]:
+    return HEADERS, [row_cells(r) for r in result.rows]
+
+
+def text_table(result: BenchResult) -> str:
+    """Fixed-width table, one line per setting."""
+    headers, rows = table_cells(result)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(  # noqa: E731
+        c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths,
+                                                                           strict=True)))
+    out = [line(headers), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def markdown_table(result: BenchResult) -> str:
+    headers, rows = table_cells(result)
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def footnotes(result: BenchResult) -> list[str]:
+    """Lines that belong under the table: what was skipped, what went wrong, definitions."""
+    lines = [f"model: {result.model} ({result.tensors} tensors, {result.weights:,} weights, "
+             f"{result.original_bytes / 1e6:.2f} MB)"]
+    for peer, reason in result.skipped.items():
+        lines.append(f"{_peer_title(peer)}: not run — {reason}")
+    if result.embeddings:
+        lines.append(f"embedding cosine: not measured ({result.embeddings})")
+    for row in result.rows:
+        if row.error:
+            lines.append(f"{row.name}: failed — {row.error}")
+        for note in row.notes:
+            lines.append(f"{row.name}: {note}")
+    lines.append("bits/weight = 8 × stored bytes ÷ all weights; weight SNR over all float "
+                 "weights; tensor SNR = mean over changed float tensors with ≥ 2 dims; speeds "
+                 "single-threaded, including reading and writing files; peak MB = VmHWM of "
+                 "the encode / decode process (interpreter and imports included)")
+    return lines
+
+
+def _peer_title(peer: str) -> str:
+    return {"zstd": "zstd", "zipnn": "ZipNN", "gguf": "GGUF", "nncodec": "NNCodec"}.get(peer,
+                                                                                      peer)
+
+
+def _pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """Points (sorted by rate) that no point of lower or equal rate has a higher SNR than."""
+    front: list[tuple[float, float, str]] = []
+    for point in points:
+        if not front or point[1] > front[-1][1]:
+            front.append(point)
+    return front
+
+
+def plot(result: BenchResult, path: str | Path) -> Path:
+    """Rate–distortion curves (bits per weight → aggregate weight SNR), one per codec family:
+    a marker per setting, the line through the family's Pareto-optimal settings.
+
+    Lossless settings have no finite SNR; they are listed in a box instead. Raises
+    ImportError when matplotlib is not installed.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[str, list[tuple[float, float, str]]] = {}
+    lossless: list[str] = []
+    for row in result.rows:
+        if row.error or row.bits_per_weight is None or row.weight_snr_db is None:
+            continue
+        if math.isinf(row.weight_snr_db):
+            lossless.append(f"{row.name}: {row.bits_per_weight:.2f} bpw")
+            continue
+        curves.setdefault(row.family, []).append((row.bits_per_weight, row.weight_snr_db,
+                                                  row.setting))
+    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
+    markers = "osD^v<>phX*"
+    for i, (family, points) in enumerate(curves.items()):
+        points.sort()
+        front = _pareto(points)  # the line joins the settings no other setting beats
+        style = "-" if family.startswith("rftpack") else "--"
+        marker = markers[i % len(markers)]
+        (line,) = ax.plot([p[0] for p in front], [p[1] for p in front], style, marker=marker,
+                          label=family, linewidth=1.6)
+        beaten = [p for p in points if p not in front]
+        if beaten:  # dominated settings: hollow markers off the line
+            ax.plot([p[0] for p in beaten], [p[1] for p in beaten], linestyle="none",
+                    marker=marker, fillstyle="none", color=line.get_color())
+    ax.set_xlabel("bits per weight (whole archive ÷ all weights)")
+    ax.set_ylabel("aggregate weight SNR (dB)")
+    name = Path(result.model).name if Path(result.model).name != "model" else \
+        Path(result.model).parent.name
+    ax.set_title(f"rate–distortion on {name} ({result.weights / 1e6:.1f} M weights)")
+    ax.grid(True, alpha=0.3)
+    if curves:
+        ax.legend(loc="lower right")
+    if lossless:
+        ax.text(0.02, 0.98, "lossless (SNR = ∞):\n" + "\n".join(lossless),
+                transform=ax.transAxes, va="top", ha="left", fontsize=8,
+                bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85})
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    plt.close(fig)
+    return out
