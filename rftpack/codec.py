@@ -157,15 +157,19 @@ def encode_exact(name: str, array: np.ndarray, pipeline: ExactPipeline) -> Encod
     for start in range(0, flat.shape[0], pipeline.block_size):
         chunk = np.ascontiguousarray(flat[start:start + pipeline.block_size])
         raw = chunk.view(np.uint8)
-        if pipeline.byte_shuffle and itemsize > 1:
-            raw = np.ascontiguousarray(raw.reshape(-1, itemsize).T).reshape(-1)
-        data = pipeline.coder.encode(raw, 256)
+        if _element_coder(pipeline.coder):  # the coder lays out whole elements itself
+            data = pipeline.coder.encode_elements(chunk)  # type: ignore[attr-defined]
+        else:
+            if pipeline.byte_shuffle and itemsize > 1:
+                raw = np.ascontiguousarray(raw.reshape(-1, itemsize).T).reshape(-1)
+            data = pipeline.coder.encode(raw, 256)
         blocks.append({"count": int(chunk.shape[0]),
                        "streams": {"bytes": builder.add(data, int(raw.shape[0]))}})
     payload = builder.bytes()
     container = _base_container(name, array)
     container.update({
-        "codec": {"mode": "exact", "byte_shuffle": pipeline.byte_shuffle},
+        "codec": {"mode": "exact",
+                  "byte_shuffle": pipeline.byte_shuffle and not _element_coder(pipeline.coder)},
         "stages": [stage_record(pipeline.coder)],
         "block_size": pipeline.block_size,
         "payload": _payload_record(payload, blocks),
@@ -367,8 +371,10 @@ def decode_container(container: dict[str, Any], read_segment: Callable[[dict[str
     start = 0
     for block, count in zip(blocks, counts, strict=True):
         if isinstance(pipeline, ExactPipeline):
-            out[start:start + count] = _decode_exact_block(block, count, dtype, pipeline,
-                                                           read_segment)
+            target = out[start:start + count]
+            values = _decode_exact_block(block, count, dtype, pipeline, read_segment, target)
+            if values is not target:
+                target[...] = values
         else:
             x = _decode_lossy_block(block, count, pipeline, read_segment, refine)
             out[start:start + count] = _cast_float(x, dtype)
@@ -390,11 +396,27 @@ def _stream_bytes(block: dict[str, Any], key: str, read_segment) -> tuple[bytes,
     return read_segment(seg), count
 
 
-def _decode_exact_block(block, count, dtype, pipeline: ExactPipeline, read_segment) -> np.ndarray:
+def _element_coder(coder: Coder) -> bool:
+    """Coders with ``encode_elements(values) -> bytes`` and ``decode_elements(data, count,
+    dtype, out=None) -> values`` (filling ``out`` when given) see whole typed elements on the
+    exact path instead of (shuffled) bytes."""
+    return hasattr(coder, "encode_elements") and hasattr(coder, "decode_elements")
+
+
+def _decode_exact_block(block, count, dtype, pipeline: ExactPipeline, read_segment,
+                        out: np.ndarray | None = None) -> np.ndarray:
     itemsize = dtype.itemsize
     data, symbols = _stream_bytes(block, "bytes", read_segment)
     if symbols != count * itemsize:
         raise FormatError(f"exact block declares {symbols} bytes for {count} × {itemsize}")
+    if _element_coder(pipeline.coder):
+        values = pipeline.coder.decode_elements(  # type: ignore[attr-defined]
+            data, count, dtype, out=out)
+        if not isinstance(values, np.ndarray) or values.shape != (count,) \
+                or values.dtype != dtype:
+            raise StageError(f"coder {pipeline.coder.id!r} returned elements of the wrong "
+                             f"shape or dtype (expected {count} × {dtype})")
+        return values
     raw = np.asarray(pipeline.coder.decode(data, symbols, 256), dtype=np.uint8)
     if raw.shape != (symbols,):
         raise StageError(f"coder {pipeline.coder.id!r} returned {raw.shape[0]} bytes, "

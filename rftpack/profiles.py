@@ -64,8 +64,10 @@ PROFILES: dict[str, Profile] = {
     ),
     "lossless": Profile(
         name="lossless",
-        description="every tensor bit-exact: byte-shuffled little-endian bytes, zstd",
+        description="every tensor bit-exact: floats as exponent-aligned Huffman-coded byte "
+                    "planes (floatplanes), other dtypes as byte-shuffled zstd",
         transform=None, quantizer=None, coder=None, lossy=False,
+        exact_coder={"name": "floatplanes", "configuration": {}},
     ),
 }
 

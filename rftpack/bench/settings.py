@@ -84,6 +84,13 @@ def rftpack_settings(quick: bool = False) -> list[Setting]:
             for bpw in SCALAR_BPW_QUICK if quick else SCALAR_BPW:
                 settings.append(Setting(family, f"target {bpw:g} bpw", "rftpack",
                                         {"profile": name, "target_bpw": bpw}))
+            if not quick and _has_option("embedding_weight"):
+                # The default rate control favours model fidelity (embedding tables count
+                # 0.1); plain MSE allocation is the fair comparison on weight SNR.
+                for bpw in SCALAR_BPW:
+                    settings.append(Setting(f"{family} (plain MSE)", f"target {bpw:g} bpw",
+                                            "rftpack", {"profile": name, "target_bpw": bpw,
+                                                        "embedding_weight": 1.0}))
         else:
             settings.append(Setting(family, "(profile defaults)", "rftpack", {"profile": name}))
     return settings

@@ -24,11 +24,12 @@ def rftpack_quantizers() -> list[type]:
 
 @hookimpl
 def rftpack_coders() -> list[type]:
+    from rftpack.stages.floatplanes import FloatPlanesCoder
     from rftpack.stages.rans import RansCoder
     from rftpack.stages.raw import RawCoder
     from rftpack.stages.zstd import ZstdCoder
 
-    return [RansCoder, ZstdCoder, RawCoder]
+    return [RansCoder, ZstdCoder, RawCoder, FloatPlanesCoder]
 
 
 @hookimpl

@@ -11,6 +11,7 @@ from rftpack.errors import StageError
 from rftpack.plugins import Registry, new_manager
 from rftpack.stages.base import KINDS, Stage, symbol_dtype
 from rftpack.stages.dq import DependentQuantizer
+from rftpack.stages.floatplanes import FloatPlanesCoder
 from rftpack.stages.identity import Identity
 from rftpack.stages.mlp import MLPPredictor
 from rftpack.stages.polar import PolarQuantizer
@@ -26,7 +27,7 @@ INSTANCES = [
                                      prune_mode="absolute"),
     ScalarQuantizer(), ScalarQuantizer(step=0.01, centroid=False),
     DependentQuantizer(), DependentQuantizer(step=0.02, chain=16, lam=0.5),
-    RansCoder(), ZstdCoder(), ZstdCoder(level=19), RawCoder(),
+    RansCoder(), ZstdCoder(), ZstdCoder(level=19), RawCoder(), FloatPlanesCoder(),
     MLPPredictor(), MLPPredictor(hidden_dim=8, steps=10, learning_rate=0.01, seed=3),
 ]
 
