@@ -125,6 +125,32 @@ def raw_decode(data: bytes, count: int, alphabet: int) -> np.ndarray:
 CODERS = {"rans": rans_decode, "zstd": zstd_decode, "raw": raw_decode}
 
 
+def floatplanes_elements(data: bytes, n: int, dtype: np.dtype) -> np.ndarray:
+    """FORMAT.md §7.4: exact-path elements of the ``floatplanes`` coder."""
+    size = dtype.itemsize
+    unzstd = zstandard.ZstdDecompressor()
+    if data[0] == 0:
+        return np.empty(0, dtype)
+    if data[0] == 2:  # zstd over byte-shuffled bytes
+        raw = np.frombuffer(unzstd.decompress(data[1:], max_output_size=n * size), np.uint8)
+        return np.frombuffer(raw.reshape(size, n).T.tobytes(), dtype)
+    assert data[0] == 1
+    rotation, pos, planes = data[1], 2, []
+    for _ in range(size):
+        length, pos = read_varint(data, pos)
+        planes.append(np.frombuffer(unzstd.decompress(data[pos:pos + length],
+                                                       max_output_size=n), np.uint8))
+        pos += length
+    rotated = (planes[0].astype(np.uint32) << 8) | planes[1]
+    top16 = ((rotated >> rotation) | (rotated << (16 - rotation))) & 0xFFFF
+    out = np.empty((n, size), np.uint8)
+    for i, plane in enumerate(planes[2:]):  # low bytes, least significant first
+        out[:, i] = plane
+    out[:, size - 2] = top16 & 0xFF
+    out[:, size - 1] = top16 >> 8
+    return np.frombuffer(out.tobytes(), dtype)
+
+
 # -- §8 transforms, quantizer, bands ------------------------------------------------------------
 
 def phase_factors(n: int, m: int, beta: float, sigma: float) -> np.ndarray:
@@ -211,13 +237,16 @@ def decode_v2(members: Members, entry: dict, predictor) -> np.ndarray:
             return data
 
     stages = c["stages"]
-    coder = CODERS[stages[-1]["name"]]
+    coder = CODERS.get(stages[-1]["name"])
     numel = math.prod(c["original_shape"])
     out = np.empty(numel, dtype)
     start = 0
     for block in payload["blocks"]:
         n = block["count"]
-        if c["codec"]["mode"] == "exact":
+        if c["codec"]["mode"] == "exact" and stages[-1]["name"] == "floatplanes":
+            out[start:start + n] = floatplanes_elements(segment(block["streams"]["bytes"]), n,
+                                                        dtype)
+        elif c["codec"]["mode"] == "exact":
             seg = block["streams"]["bytes"]
             data = coder(segment(seg), seg["count"], 256).astype(np.uint8)
             if c["codec"]["byte_shuffle"] and dtype.itemsize > 1:
