@@ -114,7 +114,9 @@ class CompressOptions:
             raise StageError(f"min_lossy_numel must be a non-negative integer, got "
                              f"{self.min_lossy_numel!r}")
         profile = get_profile(self.profile)
-        exact_coder = build_stage("coder", self.exact_coder or profile.exact_coder)
+        # --lossless means the lossless profile's coder, whatever profile was named.
+        default_exact = get_profile("lossless" if self.lossless else self.profile).exact_coder
+        exact_coder = build_stage("coder", self.exact_coder or default_exact)
         assert isinstance(exact_coder, Coder)
         exact = ExactPipeline(exact_coder)
         if self.lossless or not profile.lossy:
@@ -183,6 +185,7 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
             trained, predictor_seconds = None, 0.0
             predictor_record = None
             if sampler is not None and predictor is not None:
+                logger.info("training the residual predictor on %d samples", sampler.filled)
                 t0 = time.perf_counter()
                 trained = sampler.fit(predictor)  # type: ignore[arg-type]
                 predictor_seconds = time.perf_counter() - t0
