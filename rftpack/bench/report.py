@@ -71,6 +71,13 @@ def footnotes(result: BenchResult) -> list[str]:
             lines.append(f"{row.name}: failed — {row.error}")
         for note in row.notes:
             lines.append(f"{row.name}: {note}")
+    if result.rft_gain_db:
+        gains = sorted(result.rft_gain_db.values())
+        worst = sorted(result.rft_gain_db.items(), key=lambda kv: -kv[1])[:3]
+        lines.append(f"RFT coding gain over {len(gains)} lossy tensors (64-coefficient "
+                     f"sub-bands): median {gains[len(gains) // 2]:.3f} dB, min {gains[0]:.3f}, "
+                     f"max {gains[-1]:.3f} ({', '.join(f'{n} {g:.2f}' for n, g in worst)}); "
+                     f"0 dB = no energy compaction (per tensor in --json)")
     lines.append("bits/weight = 8 × stored bytes ÷ all weights; weight SNR over all float "
                  "weights; tensor SNR = mean over changed float tensors with ≥ 2 dims; speeds "
                  "single-threaded, including reading and writing files; peak MB = VmHWM of "

@@ -100,13 +100,16 @@ class BenchResult:
     embeddings: str | None                  # None when computed, else why not
     seconds: float = 0.0
     machine: dict[str, Any] = field(default_factory=dict)
+    #: coding gain (dB) of the RFT per lossy-eligible tensor (rftpack.analysis)
+    rft_gain_db: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "weights": self.weights,
                 "original_bytes": self.original_bytes, "tensors": self.tensors,
                 "quick": self.quick, "embeddings_skipped": self.embeddings,
                 "seconds": round(self.seconds, 2), "machine": self.machine,
-                "skipped": self.skipped, "rows": [r.to_json() for r in self.rows]}
+                "skipped": self.skipped, "rows": [r.to_json() for r in self.rows],
+                "rft_coding_gain_db": {k: round(v, 4) for k, v in self.rft_gain_db.items()}}
 
 
 def _no_log(message: str) -> None:
@@ -166,7 +169,24 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = _no_log) -> Benc
             shutil.rmtree(workdir, ignore_errors=True)
     return BenchResult(str(model_path), stats.weights, stats.original_bytes, len(stats.infos),
                        rows, skipped, config.quick, embeddings_reason,
-                       time.perf_counter() - started, _machine())
+                       time.perf_counter() - started, _machine(), _rft_gains(model_path))
+
+
+def _rft_gains(model_path: Path) -> dict[str, float]:
+    """The RFT's coding gain on every tensor the hybrid profile compresses lossily."""
+    from rftpack.analysis import coding_gain_db
+    from rftpack.codec import is_lossy_candidate
+    from rftpack.io import open_source
+    from rftpack.stages.rft import RFT
+
+    gains = {}
+    with open_source(model_path) as source:
+        for info in source.infos():
+            array = source.read(info.name)
+            if is_lossy_candidate(array):
+                gains[info.name] = coding_gain_db(array, RFT())
+            source.release(info.name)
+    return gains
 
 
 def _summary(row: Row) -> str:
