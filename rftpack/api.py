@@ -135,7 +135,7 @@ class CompressOptions:
                               block_size=self.block_size or profile.block_size)
         predictor = None
         wanted = self.predictor
-        if wanted and quantizer.polar:
+        if wanted and quantizer.refinable:
             config = wanted if isinstance(wanted, dict) else profile.predictor
             if config:
                 stage = build_stage("predictor", config)

@@ -216,7 +216,7 @@ def encode_lossy(name: str, array: np.ndarray, pipeline: LossyPipeline,
             data = coder.encode(streams[key].symbols, streams[key].alphabet)
             record["streams"][key] = builder.add(data, int(streams[key].symbols.shape[0]))
         blocks.append(record)
-        if sampler is not None and quantizer.polar:
+        if sampler is not None and quantizer.refinable:
             sampler(name, quantizer.view(symbols, side, count), coefficients, bands)
         rebuilt = pipeline.transform.inverse(quantizer.dequantize(symbols, side, count), x.shape[0])
         if rebuilt.shape != x.shape or not np.all(np.isfinite(rebuilt)):
@@ -450,7 +450,7 @@ def _decode_lossy_block(block, count, pipeline: LossyPipeline, read_segment,
                              f"stream {key!r}, expected {symbols}")
         streams[key] = decoded
     corrector = None
-    if refine is not None and pipeline.quantizer.polar:
+    if refine is not None and pipeline.quantizer.refinable:
         corrector = refine(pipeline.bands(count))
     coefficients = pipeline.quantizer.dequantize(streams, side, coefficients_count, corrector)
     return pipeline.transform.inverse(coefficients, count)

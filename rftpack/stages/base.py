@@ -116,6 +116,11 @@ class Quantizer(Stage):
     #: Quantizers that expose polar values can be refined by a residual predictor.
     polar: ClassVar[bool] = False
 
+    @property
+    def refinable(self) -> bool:
+        """True when a residual predictor can correct this quantizer's coarse values."""
+        return self.polar
+
     def quantize(self, coefficients: np.ndarray, bands: list[tuple[int, int]]
                  ) -> tuple[dict[str, Codes], dict[str, Any]]:
         raise NotImplementedError

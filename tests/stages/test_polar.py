@@ -255,3 +255,37 @@ def test_wrap_phase_range() -> None:
     wrapped = wrap_phase(angles)
     assert np.all(wrapped >= -math.pi) and np.all(wrapped < math.pi)
     np.testing.assert_allclose(np.exp(1j * wrapped), np.exp(1j * angles), atol=1e-12)
+
+
+# -- rate-distortion band allocation ---------------------------------------------------------
+
+def _rd_round_trip(x: np.ndarray, bands: list[tuple[int, int]]):
+    q = PolarQuantizer(band_allocation="rd", prune_threshold=0.0)
+    streams, side = q.quantize(x, bands)
+    symbols = {k: v.symbols for k, v in streams.items()}
+    return q, side, q.dequantize(symbols, side, x.shape[0])
+
+
+def test_rd_allocation_moves_bits_to_energetic_bands() -> None:
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(size=256) * 10, rng.normal(size=768) * 0.1]) * (1 + 0j)
+    bands = [(0, 256), (256, 1024)]
+    q, side, y = _rd_round_trip(x, bands)
+    assert side["band_shift"][0] > 0 > side["band_shift"][1]
+    assert side["band_ends"] == [256, 1024]
+    uniform = PolarQuantizer(prune_threshold=0.0)
+    streams, uside = uniform.quantize(x, bands)
+    yu = uniform.dequantize({k: v.symbols for k, v in streams.items()}, uside, 1024)
+    assert np.sum(np.abs(x - y) ** 2) < np.sum(np.abs(x - yu) ** 2)
+    assert not q.refinable and uniform.refinable
+
+
+@pytest.mark.parametrize("patch", [{"band_shift": [99, 0]}, {"band_ends": [1024, 256]},
+                                   {"band_ends": [256]}, {"band_shift": "x"}])
+def test_rd_side_info_is_checked(patch: dict) -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=1024) * (1 + 0j)
+    q, side, _ = _rd_round_trip(x, [(0, 256), (256, 1024)])
+    streams, side = q.quantize(x, [(0, 256), (256, 1024)])
+    with pytest.raises(FormatError):
+        q.dequantize({k: v.symbols for k, v in streams.items()}, {**side, **patch}, 1024)
