@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import math
 import os
 import threading
 from collections import OrderedDict
@@ -27,29 +26,20 @@ from rftpack.format.jsonio import loads
 from rftpack.format.manifest import check_manifest
 from rftpack.format.schema import validate
 from rftpack.format.v1 import decode_v1
+from rftpack.io.tensor_info import TensorInfo
 from rftpack.residual import TrainedResidual
 from rftpack.stages.mlp import predictor_from_json
 
 
 @dataclass(frozen=True)
-class TensorRecord:
-    """What an archive says about one tensor, without decoding it."""
+class TensorRecord(TensorInfo):
+    """What an archive says about one tensor, without decoding it: name, dtype and shape
+    (with ``numel``/``nbytes``) plus how it is stored."""
 
-    name: str
-    dtype: np.dtype
-    shape: tuple[int, ...]
-    stored_bytes: int | None
-    mode: str
-    stages: tuple[str, ...]
-    snr_db: float | None
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * self.dtype.itemsize
+    stored_bytes: int | None = None
+    mode: str = ""
+    stages: tuple[str, ...] = ()
+    snr_db: float | None = None
 
 
 class _TensorCache:

@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from rftpack.errors import FormatError, StageError
-from rftpack.stages.base import Codes, Quantizer
-from rftpack.stages.scalar import MAX_CODE, unzigzag, zigzag
+from rftpack.errors import StageError
+from rftpack.stages.base import Codes
+from rftpack.stages.scalar import MAX_CODE, SteppedQuantizer, unzigzag, zigzag
 
 TRANS = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int8)
 
@@ -131,7 +131,7 @@ def replay(k: np.ndarray, chain: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class DependentQuantizer(Quantizer):
+class DependentQuantizer(SteppedQuantizer):
     """Dependent (trellis-coded) scalar quantization, 4 states, Viterbi encoder (as NNCodec).
 
     Example:
@@ -144,19 +144,15 @@ class DependentQuantizer(Quantizer):
     """
 
     id: ClassVar[str] = "dq"
-    step: float = 0.0
     rel_step: float = 0.06
     chain: int = 64
     lam: float = 0.25
 
     def __post_init__(self) -> None:
-        for name in ("step", "rel_step", "lam"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and not isinstance(value, bool)
-                    and math.isfinite(value) and value >= 0):
-                raise StageError(f"dq: {name} must be a finite number ≥ 0, got {value!r}")
-        if self.step == 0 and self.rel_step == 0:
-            raise StageError("dq: set step or rel_step")
+        super().__post_init__()
+        if not (isinstance(self.lam, int | float) and not isinstance(self.lam, bool)
+                and math.isfinite(self.lam) and self.lam >= 0):
+            raise StageError(f"dq: lam must be a finite number ≥ 0, got {self.lam!r}")
         if not isinstance(self.chain, int) or not 1 <= self.chain <= 1 << 16:
             raise StageError(f"dq: chain must be an integer in [1, 65536], got {self.chain!r}")
 
@@ -164,12 +160,7 @@ class DependentQuantizer(Quantizer):
                  ) -> tuple[dict[str, Codes], dict[str, Any]]:
         x = np.real(coefficients).astype(np.float64, copy=False)
         peak = float(np.max(np.abs(x))) if x.size else 0.0
-        if self.step > 0:
-            step = float(self.step)
-        else:
-            rms = float(np.sqrt(np.mean(np.square(x)))) if x.size else 0.0
-            step = self.rel_step * rms if rms > 0 else 1.0
-        step = max(step, 2.0 * peak / MAX_CODE, np.finfo(np.float64).tiny)
+        step = max(self.block_step(x), 2.0 * peak / MAX_CODE, np.finfo(np.float64).tiny)
         scaled = x / step
         k = viterbi(scaled, self.lam, _rate_table(scaled), self.chain) if x.size else \
             np.zeros(0, np.int64)
@@ -177,20 +168,7 @@ class DependentQuantizer(Quantizer):
         alphabet = int(symbols.max()) + 1 if symbols.size else 1
         return {"codes": Codes(symbols, alphabet)}, {"step": step, "alphabet": alphabet}
 
-    def stream_alphabets(self, side: dict[str, Any]) -> dict[str, int]:
-        alphabet = side.get("alphabet")
-        if not isinstance(alphabet, int) or not 1 <= alphabet <= 2 * MAX_CODE + 1:
-            raise FormatError(f"dq: side.alphabet must be in [1, {2 * MAX_CODE + 1}]")
-        return {"codes": alphabet}
-
     def dequantize(self, streams: dict[str, np.ndarray], side: dict[str, Any], count: int,
                    refine: Any = None) -> np.ndarray:
-        step = side.get("step")
-        if not (isinstance(step, int | float) and math.isfinite(step) and step > 0):
-            raise FormatError("dq: side.step must be a positive finite number")
-        codes = streams.get("codes")
-        if codes is None or codes.shape[0] != count:
-            raise FormatError(f"dq: expected {count} codes")
-        if codes.size and int(codes.max()) >= self.stream_alphabets(side)["codes"]:
-            raise FormatError("dq: code outside its alphabet")
-        return replay(unzigzag(codes), self.chain) * float(step)
+        step, codes = self.checked_codes(streams, side, count)
+        return replay(unzigzag(codes), self.chain) * step

@@ -41,7 +41,52 @@ def unzigzag(symbols: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class ScalarQuantizer(Quantizer):
+class SteppedQuantizer(Quantizer):
+    """What ``scalar`` and ``dq`` share: an absolute or RMS-relative step Δ, one ``codes``
+    stream of zig-zag symbols whose alphabet is in the side info, and their checks."""
+
+    step: float = 0.0
+    rel_step: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name in ("step", "rel_step"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and not isinstance(value, bool)
+                    and math.isfinite(value) and value >= 0):
+                raise StageError(f"{self.id}: {name} must be a finite number ≥ 0, "
+                                 f"got {value!r}")
+        if self.step == 0 and self.rel_step == 0:
+            raise StageError(f"{self.id}: set step or rel_step")
+
+    def block_step(self, x: np.ndarray) -> float:
+        """The step Δ used for a block (before the 16-bit range guard)."""
+        if self.step > 0:
+            return float(self.step)
+        rms = float(np.sqrt(np.mean(np.square(x)))) if x.size else 0.0
+        return self.rel_step * rms if rms > 0 else 1.0
+
+    def stream_alphabets(self, side: dict[str, Any]) -> dict[str, int]:
+        alphabet = side.get("alphabet")
+        if not isinstance(alphabet, int) or not 1 <= alphabet <= 2 * MAX_CODE + 1:
+            raise FormatError(f"{self.id}: side.alphabet must be in [1, {2 * MAX_CODE + 1}]")
+        return {"codes": alphabet}
+
+    def checked_codes(self, streams: dict[str, np.ndarray], side: dict[str, Any],
+                      count: int) -> tuple[float, np.ndarray]:
+        """(Δ, codes) of a block, validated against the side info."""
+        step = side.get("step")
+        if not (isinstance(step, int | float) and math.isfinite(step) and step > 0):
+            raise FormatError(f"{self.id}: side.step must be a positive finite number")
+        codes = streams.get("codes")
+        if codes is None or codes.shape[0] != count:
+            raise FormatError(f"{self.id}: expected {count} codes")
+        if codes.size and int(codes.max()) >= self.stream_alphabets(side)["codes"]:
+            raise FormatError(f"{self.id}: code outside its alphabet")
+        return float(step), codes
+
+
+@dataclass(frozen=True)
+class ScalarQuantizer(SteppedQuantizer):
     """Uniform scalar quantizer (absolute or RMS-relative step) with centroid reconstruction.
 
     Example:
@@ -52,27 +97,12 @@ class ScalarQuantizer(Quantizer):
     """
 
     id: ClassVar[str] = "scalar"
-    step: float = 0.0
-    rel_step: float = 0.05
     centroid: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("step", "rel_step"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and not isinstance(value, bool)
-                    and math.isfinite(value) and value >= 0):
-                raise StageError(f"scalar: {name} must be a finite number ≥ 0, got {value!r}")
-        if self.step == 0 and self.rel_step == 0:
-            raise StageError("scalar: set step or rel_step")
+        super().__post_init__()
         if not isinstance(self.centroid, bool):
             raise StageError("scalar: centroid must be true or false")
-
-    def block_step(self, x: np.ndarray) -> float:
-        """The step Δ used for a block (before the 16-bit range guard)."""
-        if self.step > 0:
-            return float(self.step)
-        rms = float(np.sqrt(np.mean(np.square(x)))) if x.size else 0.0
-        return self.rel_step * rms if rms > 0 else 1.0
 
     def quantize(self, coefficients: np.ndarray, bands: list[tuple[int, int]]
                  ) -> tuple[dict[str, Codes], dict[str, Any]]:
@@ -92,30 +122,17 @@ class ScalarQuantizer(Quantizer):
         side = {"step": step, "offsets": offsets, "alphabet": alphabet}
         return {"codes": Codes(symbols, alphabet)}, side
 
-    def stream_alphabets(self, side: dict[str, Any]) -> dict[str, int]:
-        alphabet = side.get("alphabet")
-        if not isinstance(alphabet, int) or not 1 <= alphabet <= 2 * MAX_CODE + 1:
-            raise FormatError(f"scalar: side.alphabet must be in [1, {2 * MAX_CODE + 1}]")
-        return {"codes": alphabet}
-
     def dequantize(self, streams: dict[str, np.ndarray], side: dict[str, Any], count: int,
                    refine: Any = None) -> np.ndarray:
-        step = side.get("step")
         offsets = side.get("offsets")
-        if not (isinstance(step, int | float) and math.isfinite(step) and step > 0):
-            raise FormatError("scalar: side.step must be a positive finite number")
         if (not isinstance(offsets, list) or len(offsets) != 2
                 or not all(isinstance(v, int | float) and abs(v) <= 0.5 for v in offsets)):
             raise FormatError("scalar: side.offsets must be two numbers in [-0.5, 0.5]")
-        codes = streams.get("codes")
-        if codes is None or codes.shape[0] != count:
-            raise FormatError(f"scalar: expected {count} codes")
+        step, codes = self.checked_codes(streams, side, count)
         alphabet = self.stream_alphabets(side)["codes"]
         # Every symbol has one reconstruction value: decode is a single table lookup.
         q = unzigzag(np.arange(alphabet))
         magnitude = np.abs(q).astype(np.float64)
         shift = np.where(magnitude == 1, offsets[0], np.where(magnitude >= 2, offsets[1], 0.0))
-        table = np.sign(q) * (magnitude - shift) * float(step)
-        if codes.size and int(codes.max()) >= alphabet:
-            raise FormatError("scalar: code outside its alphabet")
+        table = np.sign(q) * (magnitude - shift) * step
         return table[codes]
