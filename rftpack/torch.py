@@ -83,7 +83,7 @@ def load_state_dict(module: torch.nn.Module, archive: Archive | str | os.PathLik
     """
     reader, owned = _open(archive)
     try:
-        targets = {**_non_persistent_buffers(module), **module.state_dict(keep_vars=True)}
+        targets = {**non_persistent_buffers(module), **module.state_dict(keep_vars=True)}
         names = reader.keys()
         missing = [k for k in module.state_dict() if k not in reader]
         unexpected = [k for k in names if k not in targets]
@@ -107,7 +107,7 @@ def load_state_dict(module: torch.nn.Module, archive: Archive | str | os.PathLik
             reader.close()
 
 
-def _non_persistent_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+def non_persistent_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Buffers a state dict leaves out (e.g. BERT's position_ids) but checkpoints often hold."""
     found = {}
     for module_name, submodule in module.named_modules():
@@ -260,7 +260,7 @@ def lazy_load(module: torch.nn.Module, archive: Archive | str | os.PathLike, *,
             managed.update(s.archive_name for s in slots)
         expected = set(module.state_dict().keys())
         missing = sorted(expected - names)
-        unexpected = sorted(names - expected - set(_non_persistent_buffers(module)))
+        unexpected = sorted(names - expected - set(non_persistent_buffers(module)))
         if strict and (missing or unexpected):
             raise LoadError(_mismatch_message(reader, missing, unexpected))
         stranded = [name for name, tensor in _all_tensors(module)

@@ -372,9 +372,16 @@ def _embedding_cosine(model_path: Path, restored: Path, console: Console) -> flo
     state = load_file(str(restored))
     state = {k.removeprefix("bert."): v for k, v in state.items()}
     copy = AutoModel.from_pretrained(model_path).eval()
+    from rftpack.torch import non_persistent_buffers
+
     missing, unexpected = copy.load_state_dict(state, strict=False)
-    if unexpected:
-        console.print(f"[yellow]unexpected keys when loading restored weights: {unexpected[:3]}")
+    for name in non_persistent_buffers(copy):  # e.g. position_ids: in the file, not the dict
+        if name in state:
+            copy.get_buffer(name).copy_(state[name])
+    unexpected = [k for k in unexpected if k not in non_persistent_buffers(copy)]
+    if unexpected or missing:
+        console.print(f"[yellow]restored weights do not fit the model: missing {missing[:3]}, "
+                      f"unexpected {unexpected[:3]}")
     batch = tokenizer(DEMO_SENTENCES, padding=True, truncation=True, return_tensors="pt")
     with torch.no_grad():
         a = _mean_pool(original(**batch).last_hidden_state, batch["attention_mask"])

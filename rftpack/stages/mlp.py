@@ -276,7 +276,8 @@ def train_mlp(X: np.ndarray, Y: np.ndarray, *, hidden_dim: int = 32, num_hidden_
     mlp = MLP(_fold_standardisation(layers, x_mu, x_sd, y_mu, y_sd))
     val_loss = _mse(mlp.forward(X[val_idx]), yv_raw)
     if not val_loss < val_loss_zero:
-        logger.info("MLP residual predictor beats predicting zero on no checkpoint; using zero")
+        logger.info("residual predictor: no training checkpoint beat predicting zero on the "
+                    "held-out samples, so it predicts zero (gain 0 dB)")
         last_w, last_b = mlp.layers[-1]
         mlp = MLP(mlp.layers[:-1] + [(np.zeros_like(last_w), np.zeros_like(last_b))])
         val_loss, best_step = val_loss_zero, -1
