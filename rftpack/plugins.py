@@ -9,7 +9,6 @@ Example:
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,9 +139,3 @@ def provider_of(kind: str, stage_id: str) -> str:
     """Distribution that provides a stage (recorded in containers for helpful errors)."""
     return registry().get(kind, stage_id).provider
 
-
-def installed_distribution_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None

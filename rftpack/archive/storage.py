@@ -191,6 +191,7 @@ class ArchiveSource:
 
     @property
     def form(self) -> str:
+        """``"zip"`` or ``"directory"``."""
         return "zip" if self._zip is not None else "directory"
 
     def exists(self, member: str) -> bool:

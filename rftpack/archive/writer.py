@@ -55,12 +55,9 @@ class ArchiveWriter:
         self.store: ArchiveStore = (ZipStore(self.path, overwrite=overwrite)
                                     if self.layout == "zip"
                                     else DirectoryStore(self.path, overwrite=overwrite))
-        self.bytes_written = 0
 
     def _put(self, member: str, data: bytes) -> int:
-        stored = self.store.put(member, data)
-        self.bytes_written += stored
-        return stored
+        return self.store.put(member, data)
 
     def add_tensor(self, encoded: EncodedTensor) -> dict[str, Any]:
         """Store one tensor; returns what the manifest needs to know about it."""
