@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 from typing import BinaryIO
 
-from rftpack._fs import fsync_dir
+from rftpack._fs import fsync_dir, remove_stale_partials
 from rftpack.errors import FormatError, IncompleteArchiveError, OutputError
 
 MANIFEST = "manifest_hybrid.json"
@@ -68,6 +68,7 @@ class ZipStore(ArchiveStore):
             raise OutputError(f"{path} is a directory; choose a file name for a zip archive")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_partials(path)
             self.temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
             self.zip = zipfile.ZipFile(self.temp, "w", compression=zipfile.ZIP_STORED,
                                        allowZip64=True)

@@ -12,7 +12,7 @@ from types import TracebackType
 
 import numpy as np
 
-from rftpack._fs import fsync_dir
+from rftpack._fs import fsync_dir, remove_stale_partials
 from rftpack.dtypes import to_little_endian
 from rftpack.errors import OutputError
 from rftpack.io.dtypes import is_supported
@@ -53,6 +53,7 @@ class ModelSink:
             raise OutputError(f"{self.path}: is a directory")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_partials(self.path)
             self._start()
         except OSError as exc:
             self.abort()
