@@ -57,7 +57,7 @@ PROFILES: dict[str, Profile] = {
     "dq": Profile(
         name="dq",
         description="dependent (trellis-coded) scalar quantization as in NNCodec: 4-state "
-                    "Viterbi, ≈ +0.8 dB over 'scalar' at equal rate, encodes ~8× slower",
+                    "Viterbi, ≈ +0.8 dB over 'scalar' at equal rate, encodes ~5× slower",
         transform={"name": "identity", "configuration": {}},
         quantizer={"name": "dq", "configuration": {"rel_step": 0.06}},
         coder={"name": "rans", "configuration": {}},
