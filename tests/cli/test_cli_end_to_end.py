@@ -174,3 +174,14 @@ def test_import_rftpack_does_not_import_torch() -> None:
             "assert 'torch' not in sys.modules, 'torch imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_demo_on_a_given_model(model_file, tmp_path: Path) -> None:
+    source, _ = model_file
+    done = run_cli("demo", "--model", str(source), "--workdir", str(tmp_path), "--json",
+                   "--no-embeddings")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["names_dtypes_shapes_match"] and report["exact_tensors_equal"]
+    assert report["ratio"] > 1 and report["weight_snr_db"] >= 20
+    assert (tmp_path / "model.rftp").is_file() and (tmp_path / "restored.safetensors").is_file()
