@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,37 +13,7 @@ from safetensors.numpy import save_file
 
 import rftpack
 from rftpack.errors import ClosedArchiveError
-
-
-class CountingFile(io.RawIOBase):
-    """A read-only file that counts the bytes handed out."""
-
-    def __init__(self, path: Path) -> None:
-        self.handle = open(path, "rb")  # noqa: SIM115 - closed in close()
-        self.bytes_read = 0
-        self.name = str(path)
-        self.lock = threading.Lock()
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self.handle.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self.handle.tell()
-
-    def readinto(self, buffer) -> int:
-        n = self.handle.readinto(buffer)
-        self.bytes_read += n or 0
-        return n
-
-    def close(self) -> None:
-        self.handle.close()
-        super().close()
+from rftpack.testing import CountingFile
 
 
 @pytest.fixture(scope="module")

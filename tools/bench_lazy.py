@@ -17,7 +17,6 @@ kernel's high-water mark is reset there (/proc/self/clear_refs) and read when th
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import subprocess
 import sys
@@ -54,32 +53,10 @@ def run_child(body: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-class CountingFile(io.RawIOBase):
-    def __init__(self, path: Path) -> None:
-        self.handle = open(path, "rb")  # noqa: SIM115
-        self.bytes_read = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self.handle.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self.handle.tell()
-
-    def readinto(self, buffer) -> int:
-        n = self.handle.readinto(buffer)
-        self.bytes_read += n or 0
-        return n
-
-
 def bench_open(workdir: Path, count: int = 1200) -> None:
     import rftpack
     from rftpack.io import TensorInfo, open_sink
+    from rftpack.testing import CountingFile
 
     rng = np.random.default_rng(0)
     source = workdir / "many.safetensors"
