@@ -463,7 +463,10 @@ def extract(archive: str | os.PathLike, out: str | os.PathLike, *, format: str |
         infos = archive_infos(reader)
         with open_sink(out, infos, format) as sink:
             decoded = reader.items(use_predictor=use_predictor)
-            for _info, (name, array) in zip(progress(infos), decoded, strict=True):
+            for _info in progress(infos):
+                # Unpack and drop at once: no tuple may keep the previous tensor alive while
+                # the next one is decoded (peak memory = one tensor, not two).
+                name, array = next(decoded)
                 sink.write(name, array)
                 del array
     return Path(out)
