@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -358,6 +359,10 @@ def decode_container(container: dict[str, Any], read_segment: Callable[[dict[str
     numel = math.prod(shape)
     if container.get("numel", numel) != numel:
         raise FormatError(f"numel {container.get('numel')} disagrees with shape {shape}")
+    limit = decoded_bytes_limit()
+    if numel * dtype.itemsize > limit:
+        raise FormatError(f"tensor of shape {shape} would need {numel * dtype.itemsize:,} bytes, "
+                          f"more than this machine's memory ({limit:,}): refusing to decode it")
     pipeline = pipeline_of(container)
     blocks = (container.get("payload") or {}).get("blocks")
     if not isinstance(blocks, list):
@@ -383,6 +388,15 @@ def decode_container(container: dict[str, Any], read_segment: Callable[[dict[str
     if nonfinite:
         _restore_nonfinite(out, nonfinite, dtype, read_segment)
     return out.reshape(shape)
+
+
+def decoded_bytes_limit() -> int:
+    """The most bytes one decoded tensor may take: physical memory (a declared size beyond
+    it is a decompression bomb or a corrupt container, refused before allocating)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return 1 << 40
 
 
 def _stream_bytes(block: dict[str, Any], key: str, read_segment) -> tuple[bytes, int]:

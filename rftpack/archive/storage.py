@@ -211,7 +211,10 @@ class ArchiveSource:
     def size(self, member: str) -> int:
         if self._zip is not None:
             return self._info(member).file_size
-        return self._resolve(member).stat().st_size
+        try:
+            return self._resolve(member).stat().st_size
+        except OSError:
+            raise FormatError(f"{self.path}: member {member!r} is missing") from None
 
     def _info(self, member: str) -> zipfile.ZipInfo:
         assert self._zip is not None
