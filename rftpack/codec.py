@@ -382,6 +382,9 @@ def decode_container(container: dict[str, Any], read_segment: Callable[[dict[str
                 target[...] = values
         else:
             x = _decode_lossy_block(block, count, pipeline, read_segment, refine)
+            if not np.isfinite(x).all():  # stored non-finite values come back separately
+                raise FormatError("decoded weights are not finite: the block's side info or "
+                                  "stage parameters are corrupt")
             out[start:start + count] = _cast_float(x, dtype)
         start += count
     nonfinite = (container.get("payload") or {}).get("nonfinite")

@@ -71,8 +71,11 @@ class RFT(Transform):
     sigma: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (np.isfinite(self.beta) and np.isfinite(self.sigma)):
-            raise StageError("rft: beta and sigma must be finite numbers")
+        for name in ("beta", "sigma"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and not isinstance(value, bool)
+                    and np.isfinite(value) and abs(value) <= 1e6):
+                raise StageError(f"rft: {name} must be a number in [-1e6, 1e6], got {value!r}")
 
     def coefficient_count(self, n: int) -> int:
         return n // 2 + 1 if n else 0
