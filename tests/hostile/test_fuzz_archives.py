@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def decode_all(archive: Path) -> None:
         pass
 
 
-FUZZ = settings(max_examples=int(__import__("os").environ.get("RFTPACK_FUZZ_EXAMPLES", "150")), deadline=None,
+FUZZ = settings(max_examples=int(os.environ.get("RFTPACK_FUZZ_EXAMPLES", "150")), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
