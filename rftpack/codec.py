@@ -381,7 +381,8 @@ def decode_container(container: dict[str, Any], read_segment: Callable[[dict[str
             if values is not target:
                 target[...] = values
         else:
-            x = _decode_lossy_block(block, count, pipeline, read_segment, refine)
+            with np.errstate(over="ignore", invalid="ignore"):  # corrupt values: checked next
+                x = _decode_lossy_block(block, count, pipeline, read_segment, refine)
             if not np.isfinite(x).all():  # stored non-finite values come back separately
                 raise FormatError("decoded weights are not finite: the block's side info or "
                                   "stage parameters are corrupt")
