@@ -76,8 +76,7 @@ FUZZ = settings(max_examples=int(os.environ.get("RFTPACK_FUZZ_EXAMPLES", "150"))
 @FUZZ
 @given(which=st.integers(0, len(PROFILES) - 1), data=st.data())
 def test_payload_byte_mutations(corpus, tmp_path_factory, which: int, data) -> None:
-    archive = tmp_path_factory.mktemp("m") / "a"
-    shutil.copytree(corpus[which], archive)
+    archive = fresh_copy(corpus, tmp_path_factory, which)
     bins = sorted((archive / "tensors").glob("*.bin"))
     target = bins[data.draw(st.integers(0, len(bins) - 1))]
     blob = bytearray(target.read_bytes())
@@ -109,24 +108,34 @@ def _paths(obj, prefix=()):
             yield from _paths(value, (*prefix, index))
 
 
+def mutate_json_file(path: Path, data, *, allow_delete: bool) -> None:
+    """Replace (or delete) one randomly chosen nested field of a JSON file."""
+    document = json.loads(path.read_text())
+    paths = [p for p in _paths(document) if p]
+    chosen = paths[data.draw(st.integers(0, len(paths) - 1))]
+    parent = document
+    for key in chosen[:-1]:
+        parent = parent[key]
+    if allow_delete and isinstance(parent, dict) and data.draw(st.booleans()):
+        del parent[chosen[-1]]
+    else:
+        parent[chosen[-1]] = data.draw(json_values)
+    path.write_text(json.dumps(document))
+
+
+def fresh_copy(corpus: list[Path], tmp_path_factory, which: int) -> Path:
+    archive = tmp_path_factory.mktemp("m") / "a"
+    shutil.copytree(corpus[which], archive)
+    return archive
+
+
 @FUZZ
 @given(which=st.integers(0, len(PROFILES) - 1), data=st.data())
 def test_container_field_mutations(corpus, tmp_path_factory, which: int, data) -> None:
-    archive = tmp_path_factory.mktemp("m") / "a"
-    shutil.copytree(corpus[which], archive)
+    archive = fresh_copy(corpus, tmp_path_factory, which)
     containers = sorted((archive / "tensors").glob("*.json"))
-    target = containers[data.draw(st.integers(0, len(containers) - 1))]
-    container = json.loads(target.read_text())
-    paths = [p for p in _paths(container) if p]
-    path = paths[data.draw(st.integers(0, len(paths) - 1))]
-    parent = container
-    for key in path[:-1]:
-        parent = parent[key]
-    if data.draw(st.booleans()) and isinstance(parent, dict):
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = data.draw(json_values)
-    target.write_text(json.dumps(container))
+    mutate_json_file(containers[data.draw(st.integers(0, len(containers) - 1))], data,
+                     allow_delete=True)
     resign(archive)
     decode_all(archive)
 
@@ -134,14 +143,6 @@ def test_container_field_mutations(corpus, tmp_path_factory, which: int, data) -
 @FUZZ
 @given(which=st.integers(0, len(PROFILES) - 1), data=st.data())
 def test_manifest_field_mutations(corpus, tmp_path_factory, which: int, data) -> None:
-    archive = tmp_path_factory.mktemp("m") / "a"
-    shutil.copytree(corpus[which], archive)
-    manifest = json.loads((archive / MANIFEST).read_text())
-    paths = [p for p in _paths(manifest) if p]
-    path = paths[data.draw(st.integers(0, len(paths) - 1))]
-    parent = manifest
-    for key in path[:-1]:
-        parent = parent[key]
-    parent[path[-1]] = data.draw(json_values)
-    (archive / MANIFEST).write_text(json.dumps(manifest))
+    archive = fresh_copy(corpus, tmp_path_factory, which)
+    mutate_json_file(archive / MANIFEST, data, allow_delete=False)
     decode_all(archive)
