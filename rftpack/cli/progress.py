@@ -23,7 +23,7 @@ def tensor_progress(console: Console, description: str, *, enabled: bool = True)
 
     def wrap(items: Iterable[TensorInfo]) -> Iterator[TensorInfo]:
         infos = list(items)
-        if not enabled:
+        if not enabled or not console.is_terminal:  # no bars in logs and pipes
             yield from infos
             return
         total = sum(info.nbytes for info in infos)
