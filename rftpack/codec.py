@@ -164,6 +164,7 @@ def encode_exact(name: str, array: np.ndarray, pipeline: ExactPipeline) -> Encod
             if pipeline.byte_shuffle and itemsize > 1:
                 raw = np.ascontiguousarray(raw.reshape(-1, itemsize).T).reshape(-1)
             data = pipeline.coder.encode(raw, 256)
+            _check_coder_round_trip(pipeline.coder, data, raw, 256, name)
         blocks.append({"count": int(chunk.shape[0]),
                        "streams": {"bytes": builder.add(data, int(raw.shape[0]))}})
     payload = builder.bytes()
@@ -215,6 +216,8 @@ def encode_lossy(name: str, array: np.ndarray, pipeline: LossyPipeline,
         record = {"count": int(x.shape[0]), "coefficients": count, "side": side, "streams": {}}
         for key in sorted(streams):
             data = coder.encode(streams[key].symbols, streams[key].alphabet)
+            _check_coder_round_trip(coder, data, streams[key].symbols, streams[key].alphabet,
+                                    name)
             record["streams"][key] = builder.add(data, int(streams[key].symbols.shape[0]))
         blocks.append(record)
         if sampler is not None and quantizer.refinable:
@@ -266,6 +269,26 @@ def encode_lossy(name: str, array: np.ndarray, pipeline: LossyPipeline,
     container["snr_db"] = round(snr, 4) if math.isfinite(snr) else None
     return EncodedTensor(container, payload, snr_db=snr,
                          stats={"signal": signal, "error": error})
+
+
+def _check_coder_round_trip(coder: Coder, data: Any, symbols: np.ndarray, alphabet: int,
+                            name: str) -> None:
+    """A third-party coder must give back exactly what it was given: checked on every stream
+    it writes (built-in coders are covered by rftpack's own tests and skip this cost)."""
+    if not isinstance(data, bytes):
+        raise StageError(f"tensor {name!r}: coder {coder.id!r} returned {type(data).__name__}, "
+                         f"not bytes")
+    if type(coder).__module__.startswith("rftpack."):
+        return
+    try:
+        back = coder.decode(data, int(symbols.shape[0]), alphabet)
+    except Exception as exc:
+        raise StageError(f"tensor {name!r}: coder {coder.id!r} cannot decode what it just "
+                         f"encoded ({type(exc).__name__}: {exc})") from exc
+    if not (isinstance(back, np.ndarray) and back.shape == symbols.shape
+            and np.array_equal(back, symbols)):
+        raise StageError(f"tensor {name!r}: coder {coder.id!r} does not decode to what it "
+                         f"encoded; refusing to write a corrupt archive")
 
 
 def _check_streams(quantizer: Quantizer, streams: dict[str, Any], side: dict[str, Any]) -> None:

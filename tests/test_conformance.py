@@ -28,3 +28,33 @@ def test_a_broken_coder_fails_conformance() -> None:
 
     with pytest.raises(AssertionError, match="decode"):
         check_stage(Lossy())
+
+
+def test_pipeline_refuses_a_coder_that_does_not_round_trip() -> None:
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    import numpy as np
+
+    from rftpack.codec import ExactPipeline, LossyPipeline, encode_exact, encode_lossy
+    from rftpack.errors import StageError
+    from rftpack.stages.base import Coder
+    from rftpack.stages.identity import Identity
+    from rftpack.stages.scalar import ScalarQuantizer
+
+    @dataclass(frozen=True)
+    class Forgetful(Coder):  # a "third-party" coder whose decode loses information
+        id: ClassVar[str] = "acme.forgetful"
+
+        def encode(self, symbols, alphabet):
+            return np.asarray(symbols, np.uint16).tobytes()
+
+        def decode(self, data, count, alphabet):
+            return np.zeros(count, np.uint16)
+
+    Forgetful.__module__ = "acme_codecs"
+    x = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+    with pytest.raises(StageError, match="acme.forgetful.*does not decode"):
+        encode_lossy("w", x, LossyPipeline(Identity(), ScalarQuantizer(), Forgetful()))
+    with pytest.raises(StageError, match="refusing"):
+        encode_exact("ids", np.arange(10), ExactPipeline(Forgetful()))
