@@ -16,6 +16,10 @@ entry-point group ``rftpack``::
 
 Ids of third-party stages are namespaced (``acme.wavelet``); un-namespaced ids are reserved
 for rftpack's built-ins.
+
+A plugin module declares the plugin API it was written for with ``RFTPACK_PLUGIN_API = 1``
+(assumed 1 when absent); rftpack refuses, with a clear message, a plugin that needs a newer
+API than it provides.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from __future__ import annotations
 import pluggy
 
 PROJECT = "rftpack"
+#: Version of the plugin API (hooks + stage base classes) this rftpack provides.
+API_VERSION = 1
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 

@@ -48,6 +48,7 @@ class Registry:
             hook = getattr(manager.hook, _HOOKS[kind])
             for impl in hook.get_hookimpls():
                 provider, version = _provider_of(manager, impl.plugin)
+                _check_api(impl.plugin, impl.plugin_name, provider)
                 try:
                     classes = impl.function() or []
                 except Exception as exc:  # a broken plugin must not hide the others' errors
@@ -84,6 +85,14 @@ class Registry:
                 f"unknown {kind} stage {stage_id!r}: {hint}; available: "
                 f"{', '.join(self.ids(kind)) or '(none)'}"
             ) from None
+
+
+def _check_api(plugin: object, name: str, provider: str) -> None:
+    wanted = getattr(plugin, "RFTPACK_PLUGIN_API", 1)
+    if not isinstance(wanted, int) or not 1 <= wanted <= hookspecs.API_VERSION:
+        raise PluginError(f"plugin {name!r} from {provider} needs rftpack plugin API "
+                          f"{wanted!r}, but this rftpack provides API {hookspecs.API_VERSION}: "
+                          f"upgrade rftpack (or install an older release of {provider})")
 
 
 def _provider_of(manager: pluggy.PluginManager, plugin: object) -> tuple[str, str]:

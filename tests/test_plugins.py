@@ -192,3 +192,18 @@ def test_new_manager_registers_builtins_once() -> None:
 
 def test_registry_is_cached() -> None:
     assert registry() is registry()
+
+
+def test_plugin_needing_a_newer_api_is_refused() -> None:
+    from rftpack.stages.identity import Identity
+
+    class Future(Identity):
+        id = "future.identity"
+
+    module = types.ModuleType("future_plugin")
+    module.RFTPACK_PLUGIN_API = 99
+    module.rftpack_transforms = hookimpl(lambda: [Future])
+    manager = new_manager(entry_points=False)
+    manager.register(module, name="future-plugin")
+    with pytest.raises(PluginError, match="needs rftpack plugin API 99.*upgrade rftpack"):
+        Registry(manager)

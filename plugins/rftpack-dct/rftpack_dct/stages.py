@@ -14,6 +14,8 @@ import numpy as np
 from rftpack.hookspecs import hookimpl
 from rftpack.stages.base import Transform
 
+RFTPACK_PLUGIN_API = 1
+
 
 def dct2(x: np.ndarray) -> np.ndarray:
     """Orthonormal DCT-II of a 1-D array (Makhoul's FFT algorithm).
