@@ -15,6 +15,7 @@ from safetensors.numpy import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "plugins" / "rftpack-dct"
+KMEANS = ROOT / "plugins" / "rftpack-kmeans"
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,8 @@ def plugin_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env)
     python = env / "bin" / "python"
     done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install",
-                           "--quiet", "--no-deps", "--no-build-isolation", str(PLUGIN)],
+                           "--quiet", "--no-deps", "--no-build-isolation", str(PLUGIN),
+                           str(KMEANS)],
                           capture_output=True, text=True, timeout=300)
     if done.returncode != 0 and "no such option: --python" in done.stderr:
         pytest.skip("this pip cannot install into another interpreter")
@@ -44,6 +46,7 @@ def test_installed_plugin_is_listed(plugin_env: Path) -> None:
     stages = {(s["kind"], s["id"]): s for s in json.loads(done.stdout)["stages"]}
     entry = stages[("transform", "example.dct2")]
     assert entry["provider"] == "rftpack-dct" and entry["version"] == "0.1.0"
+    assert stages[("quantizer", "example.kmeans")]["provider"] == "rftpack-kmeans"
 
 
 def test_plugin_round_trip_and_missing_plugin_error(plugin_env: Path, tmp_path: Path) -> None:
@@ -67,8 +70,24 @@ def test_plugin_round_trip_and_missing_plugin_error(plugin_env: Path, tmp_path: 
     assert "'example.dct2'" in done.stderr and "rftpack-dct" in done.stderr
 
 
-def test_plugin_own_tests_pass(plugin_env: Path) -> None:
+def test_kmeans_plugin_round_trip(plugin_env: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    source = tmp_path / "m.safetensors"
+    weight = (rng.laplace(size=(128, 128)) * 0.02).astype(np.float32)
+    save_file({"w": weight}, str(source))
+    archive, restored = tmp_path / "k.rftp", tmp_path / "k.safetensors"
+    done = rftpack_in(plugin_env, "compress", str(source), "-o", str(archive), "-q",
+                      "--transform", "identity", "--quantizer", "example.kmeans",
+                      "--no-predictor", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["metrics"]["weight_snr_db"] > 15  # 16 levels, Laplacian
+    done = rftpack_in(plugin_env, "extract", str(archive), "-o", str(restored), "-q")
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("package", [PLUGIN, KMEANS], ids=lambda p: p.name)
+def test_plugin_own_tests_pass(plugin_env: Path, package: Path) -> None:
     done = subprocess.run([str(plugin_env), "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "--rootdir", str(PLUGIN), str(PLUGIN / "tests")],
-                          capture_output=True, text=True, timeout=300, cwd=PLUGIN)
+                           "--rootdir", str(package), str(package / "tests")],
+                          capture_output=True, text=True, timeout=300, cwd=package)
     assert done.returncode == 0, done.stdout + done.stderr
