@@ -35,7 +35,7 @@ from rftpack.codec import (
     is_lossy_candidate,
 )
 from rftpack.dtypes import dtype_from_name
-from rftpack.errors import InputError, OutputError, StageError
+from rftpack.errors import InputError, OutputError, RftpackError, StageError
 from rftpack.io import TensorInfo, open_sink, open_source
 from rftpack.profiles import Profile, build_stage, get_profile
 from rftpack.ratecontrol import Overhead, RatePlan, TensorStats, plan, sample_of
@@ -176,7 +176,13 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
             for info in progress(infos):
                 array = model.read(info.name)
                 pipeline = _with_step(lossy, rate_plan, info.name, options)
-                encoded = _encode_one(info, array, pipeline, exact, options, sampler)
+                try:
+                    encoded = _encode_one(info, array, pipeline, exact, options, sampler)
+                except (RftpackError, MemoryError):
+                    raise
+                except Exception as exc:  # a stage (maybe a plugin) failed: say which tensor
+                    raise StageError(f"tensor {info.name!r}: a pipeline stage failed: "
+                                     f"{type(exc).__name__}: {exc}") from exc
                 written = writer.add_tensor(encoded)
                 entries.append(_manifest_entry(info, encoded, written))
                 totals.add(info, encoded, written)

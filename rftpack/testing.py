@@ -96,6 +96,13 @@ def check_stage(stage: Any, *, seed: int = 0) -> None:
         again, _ = stage.quantize(x, [(0, 512)])
         assert all(np.array_equal(again[k].symbols, symbols[k]) for k in symbols), \
             f"{stage.id}: not deterministic"
+    elif stage.kind == "predictor" and hasattr(stage, "fit"):
+        features = rng.uniform(-1, 1, size=(600, 5))
+        targets = np.sin(features[:, :2])
+        first, _ = stage.fit(features, targets)
+        second, _ = stage.fit(features, targets)
+        assert np.array_equal(first.forward(features), second.forward(features)), \
+            f"{stage.id}: training is not deterministic"
     elif stage.kind == "coder":
         for alphabet in (2, 64, 256, 4096):
             symbols = rng.integers(0, alphabet, size=2000).astype(np.uint16)

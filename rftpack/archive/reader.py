@@ -21,7 +21,13 @@ import numpy as np
 from rftpack.archive.storage import MANIFEST, ArchiveSource, check_member_path
 from rftpack.codec import CONTAINER_TYPE, decode_container, iter_segments
 from rftpack.dtypes import dtype_from_name
-from rftpack.errors import ChecksumError, ClosedArchiveError, FormatError
+from rftpack.errors import (
+    ChecksumError,
+    ClosedArchiveError,
+    FormatError,
+    RftpackError,
+    StageError,
+)
 from rftpack.format.jsonio import loads
 from rftpack.format.manifest import check_manifest
 from rftpack.format.schema import validate
@@ -227,6 +233,11 @@ class Archive:
             return decode_container(container, reader, refine)
         except FormatError as exc:
             raise FormatError(f"{source}: {exc}") from exc
+        except RftpackError:
+            raise
+        except Exception as exc:  # a stage (maybe a plugin) choked on this container
+            raise StageError(f"{source}: a stage failed while decoding: "
+                             f"{type(exc).__name__}: {exc}") from exc
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
