@@ -22,6 +22,7 @@ from rftpack.errors import (
     FormatError,
     IncompleteArchiveError,
     OutputError,
+    StageError,
 )
 
 FAST = {"predictor": {"name": "mlp", "configuration": {"steps": 40}}}
@@ -395,8 +396,10 @@ def test_abort_mid_stream_leaves_nothing(model_path, tmp_path, monkeypatch, layo
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "model.rftp"
-    with pytest.raises(Boom):
+    # A stage that raises is reported as StageError (naming the tensor), caused by the original.
+    with pytest.raises(StageError, match="disk on fire") as caught:
         rftpack.compress(model_path, out, layout=layout, **FAST)
+    assert isinstance(caught.value.__cause__, Boom)
     assert len(calls) == 2
     leftovers = [p for p in out_dir.rglob("*") if p.is_file()]
     assert leftovers == []
@@ -423,7 +426,8 @@ def test_abort_keeps_previous_zip(model_path, tmp_path, monkeypatch) -> None:
         raise Boom("fail")
 
     monkeypatch.setattr(rftpack.api, "encode_lossy", failing)
-    with pytest.raises(Boom):
+    with pytest.raises(StageError, match="fail") as caught:
         rftpack.compress(model_path, out, overwrite=True, **FAST)
+    assert isinstance(caught.value.__cause__, Boom)
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.rftp"]
