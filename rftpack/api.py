@@ -36,6 +36,8 @@ from rftpack.codec import (
 )
 from rftpack.dtypes import dtype_from_name
 from rftpack.errors import InputError, OutputError, RftpackError, StageError
+from rftpack.importance import lookup as lookup_importance
+from rftpack.importance import validate as validate_importance
 from rftpack.io import TensorInfo, open_sink, open_source
 from rftpack.profiles import Profile, build_stage, get_profile
 from rftpack.ratecontrol import Overhead, RatePlan, TensorStats, plan, sample_of
@@ -103,6 +105,18 @@ class CompressOptions:
     #: of layers every token passes through (MiniLM at 5 bpw: embedding cosine 0.9934 with
     #: 1.0, 0.9977 with 0.1).
     embedding_weight: float = 0.1
+    #: Per-tensor weights of squared error in rate control (name → weight > 0), e.g. measured
+    #: by :func:`rftpack.sensitivity.measure`; they replace ``embedding_weight`` for the
+    #: tensors they name (each tensor's step becomes Δ / √weight).
+    importance: dict[str, float] | None = None
+
+    def weight_of(self, name: str) -> float:
+        """How much the squared error of tensor ``name`` counts in rate control."""
+        if self.importance:
+            weight = lookup_importance(self.importance, name)
+            if weight is not None:
+                return weight
+        return self.embedding_weight if is_token_embedding(name) else 1.0
 
     @property
     def rate_controlled(self) -> bool:
@@ -113,6 +127,11 @@ class CompressOptions:
         if not isinstance(self.min_lossy_numel, int) or self.min_lossy_numel < 0:
             raise StageError(f"min_lossy_numel must be a non-negative integer, got "
                              f"{self.min_lossy_numel!r}")
+        if self.importance is not None:
+            self.importance = validate_importance(self.importance)
+            if self.target_bpw is None and self.target_snr_db is None:
+                raise StageError("importance weights steer rate control: give a target "
+                                 "(--bpw or --snr-db) with them")
         profile = get_profile(self.profile)
         # --lossless means the lossless profile's coder, whatever profile was named.
         default_exact = get_profile("lossless" if self.lossless else self.profile).exact_coder
@@ -224,7 +243,7 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
         signal = float(np.dot(finite, finite)) if finite is not None else 0.0
         if is_lossy_candidate(array, min_numel=options.min_lossy_numel,
                               lossy_1d=options.lossy_1d):
-            weight = options.embedding_weight if is_token_embedding(info.name) else 1.0
+            weight = options.weight_of(info.name)
             stats.append(TensorStats(info.name, info.numel, True, signal,
                                      float(np.max(np.abs(finite))) if finite.size else 0.0,
                                      sample_of(finite), weight=weight))
@@ -233,6 +252,17 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
             stats.append(TensorStats(info.name, info.numel, False, signal, 0.0, exact_bytes=size))
         del array, values, finite
         model.release(info.name)
+    if options.importance:
+        lossy_names = [s.name for s in stats if s.lossy]
+        matched = [n for n in lossy_names
+                   if lookup_importance(options.importance, n) is not None]
+        if not matched:
+            example = ", ".join(sorted(options.importance)[:3])
+            raise InputError(f"none of the {len(options.importance)} tensors named by the "
+                             f"importance weights (e.g. {example}) is a lossy tensor of this "
+                             f"model: were they measured on another model?")
+        logger.info("importance weights cover %d of %d lossy tensors", len(matched),
+                    len(lossy_names))
     return plan(stats, lossy.quantizer, target_bpw=options.target_bpw,
                 target_snr_db=options.target_snr_db,
                 max_rel_error=options.max_rel_error, block_size=lossy.block_size,
@@ -373,6 +403,7 @@ def _manifest(model: Any, profile: Profile, options: CompressOptions,
         codec["rate_control"] = {
             "target_bpw": options.target_bpw, "target_snr_db": options.target_snr_db,
             "max_rel_error": options.max_rel_error, "step": rate_plan.step,
+            "importance_weighted": bool(options.importance),
             "estimated_bpw": round(rate_plan.estimated_bpw, 4),
             "estimated_snr_db": (round(rate_plan.estimated_snr_db, 4)
                                  if rate_plan.estimated_snr_db is not None else None)}

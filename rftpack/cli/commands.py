@@ -50,6 +50,10 @@ def compress_options(args: argparse.Namespace) -> CompressOptions:
         target_bpw=args.target_bpw, target_snr_db=args.target_snr_db,
         max_rel_error=args.max_rel_error, embedding_weight=args.embedding_weight,
     )
+    if args.importance:
+        from rftpack.importance import load
+
+        options.importance = load(args.importance)
     if args.transform:
         options.transform = {"name": args.transform, "configuration": {}}
     if args.quantizer:
@@ -265,6 +269,56 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         if document["plot"]:
             console.print(f"plot: {document['plot']}", highlight=False, markup=False)
     return document
+
+
+# -- sensitivity ----------------------------------------------------------------------------------
+
+def cmd_sensitivity(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    from rftpack import importance, sensitivity
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise OutputError(f"{out} exists (use -f to overwrite)")
+    texts = None
+    if args.texts:
+        try:
+            texts = [line.strip() for line in Path(args.texts).read_text().splitlines()
+                     if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{args.texts}: cannot read the calibration texts ({exc})") from None
+        if not texts:
+            raise InputError(f"{args.texts}: no calibration texts in the file")
+    model_path = resolve_model(args.input)
+    started = time.perf_counter()
+    with console.status("perturbing each tensor and re-embedding the calibration texts",
+                        spinner="dots") if _show(args) else _nothing():
+        weights = sensitivity.for_text_model(model_path, texts, relative_noise=args.noise)
+    seconds = time.perf_counter() - started
+    importance.save(weights, out, distortion="cosine", model=str(model_path),
+                    text_count=len(texts or sensitivity.CALIBRATION_TEXTS),
+                    relative_noise=args.noise)
+    document = {"out": str(out), "tensors": len(weights), "seconds": round(seconds, 2),
+                "weights": weights}
+    if _show(args):
+        ranked = sorted(weights.items(), key=lambda kv: kv[1])
+        table = Table(title=f"importance weights ({len(weights)} tensors, {seconds:.1f} s)")
+        table.add_column("tensor")
+        table.add_column("weight", justify="right")
+        shown = ranked if len(ranked) <= 12 else ranked[:6] + [("…", None)] + ranked[-6:]
+        for name, value in shown:
+            table.add_row(name, "" if value is None else f"{value:.4g}")
+        console.print(table)
+        console.print(f"wrote {out}: use it with rftpack compress … --bpw N --importance {out}",
+                      highlight=False)
+    return document
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 # -- demo -----------------------------------------------------------------------------------------

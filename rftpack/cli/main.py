@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     rate.add_argument("--embedding-weight", type=float, default=0.1,
                       help="how much token-embedding errors count in rate control "
                            "(1 = plain weight SNR)")
+    rate.add_argument("--importance", metavar="FILE",
+                      help="per-tensor importance weights (JSON from `rftpack sensitivity`): "
+                           "sensitive tensors get finer steps, at the same total size")
     c.add_argument("--block-size", type=int, help="weights per transform block (2**20)")
     c.add_argument("--min-lossy-numel", type=int, default=1024,
                    help="smaller float tensors are stored exactly")
@@ -138,6 +141,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the sentence-embedding comparison (needs transformers)")
     _common(d)
     d.set_defaults(func=commands.cmd_demo)
+
+    s = sub.add_parser(
+        "sensitivity", help="measure per-tensor importance weights for --importance",
+        description="Add small noise to each weight tensor of a Hugging Face text encoder in "
+                    "turn and measure how much its sentence embeddings move (mean 1 − cosine "
+                    "over calibration texts). The result, a JSON file of importance weights, "
+                    "makes rate control spend bits where the model is sensitive:\n\n"
+                    "  rftpack sensitivity MODEL_DIR -o importance.json\n"
+                    "  rftpack compress MODEL_DIR --profile dq --bpw 5 "
+                    "--importance importance.json\n\n"
+                    "Needs torch and transformers. From Python, "
+                    "rftpack.sensitivity.measure(module, run) works on any torch module.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("input", help="Hugging Face model directory (config.json + weights)")
+    s.add_argument("-o", "--out", default="importance.json",
+                   help="where to write the weights (default: importance.json)")
+    s.add_argument("--texts", metavar="FILE",
+                   help="calibration texts, one per line (default: 20 built-in sentences)")
+    s.add_argument("--noise", type=float, default=0.03,
+                   help="noise RMS relative to each tensor's RMS (default: 0.03)")
+    s.add_argument("-f", "--force", action="store_true", help="overwrite --out")
+    _common(s)
+    s.set_defaults(func=commands.cmd_sensitivity)
 
     b = sub.add_parser(
         "bench", help="rate–distortion of every profile and of peer codecs on a real model",
