@@ -404,6 +404,8 @@ def _manifest(model: Any, profile: Profile, options: CompressOptions,
             "target_bpw": options.target_bpw, "target_snr_db": options.target_snr_db,
             "max_rel_error": options.max_rel_error, "step": rate_plan.step,
             "importance_weighted": bool(options.importance),
+            "importance": dict(sorted(options.importance.items())) if options.importance
+            else None,
             "estimated_bpw": round(rate_plan.estimated_bpw, 4),
             "estimated_snr_db": (round(rate_plan.estimated_snr_db, 4)
                                  if rate_plan.estimated_snr_db is not None else None)}

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rftpack.errors import InputError
+from rftpack.errors import InputError, OutputError
 
 FORMAT = "rftpack-importance"
 VERSION = 1
@@ -37,7 +38,7 @@ def validate(weights: Any, where: str = "importance weights") -> dict[str, float
     for name, value in weights.items():
         if not isinstance(name, str) or not name:
             raise InputError(f"{where}: tensor names must be non-empty strings, got {name!r}")
-        if (isinstance(value, bool) or not isinstance(value, int | float)
+        if (isinstance(value, bool) or not isinstance(value, numbers.Real)
                 or not math.isfinite(value) or value <= 0):
             raise InputError(f"{where}: the weight of {name!r} must be a finite number > 0, "
                              f"got {value!r}")
@@ -55,7 +56,11 @@ def save(weights: Mapping[str, float], path: str | os.PathLike, **details: Any) 
     document = {"format": FORMAT, "version": VERSION, **details,
                 "weights": validate(weights)}
     out = Path(path)
-    out.write_text(json.dumps(document, indent=1, sort_keys=False) + "\n")
+    try:
+        out.write_text(json.dumps(document, indent=1) + "\n")
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write the importance file ({exc.strerror or exc})"
+                          ) from None
     return out
 
 
@@ -72,7 +77,7 @@ def load(path: str | os.PathLike) -> dict[str, float]:
         if document.get("format", FORMAT) != FORMAT:
             raise InputError(f"{path}: format {document.get('format')!r} is not {FORMAT!r}")
         version = document.get("version", VERSION)
-        if not isinstance(version, int) or version > VERSION:
+        if isinstance(version, bool) or not isinstance(version, int) or version > VERSION:
             raise InputError(f"{path}: importance format version {version!r} is newer than "
                              f"this rftpack reads ({VERSION}); upgrade rftpack")
         document = document["weights"]

@@ -56,6 +56,8 @@ def _distortion(kind: str, reference: Any, output: Any) -> float:
     a = reference.reshape(reference.shape[0], -1).double() if reference.ndim > 1 else \
         reference.reshape(1, -1).double()
     b = output.reshape(a.shape).double()
+    if torch.equal(a, b):  # unchanged: exactly 0 (1 − cosine would leave rounding noise)
+        return 0.0
     if kind == "cosine":  # mean (1 − cosine) over the rows (e.g. one per sentence)
         return float((1.0 - torch.nn.functional.cosine_similarity(a, b, dim=1)).mean())
     return float((a - b).pow(2).sum() / a.pow(2).sum().clamp_min(1e-300))
@@ -92,6 +94,12 @@ def measure(module: Any, run: Callable[[Any], Any], *, distortion: str = "mse",
     params = [(name, p) for name, p in module.named_parameters()
               if p.is_floating_point() and p.ndim >= 2 and p.numel() >= min_numel
               and (wanted is None or name in wanted)]
+    if wanted is not None:
+        unknown = sorted(wanted - {name for name, _ in params})
+        if unknown:
+            raise InputError(f"not lossy-eligible parameters of the module: "
+                             f"{', '.join(unknown[:5])} (floating point, ≥ 2 dims and "
+                             f"≥ {min_numel} values are)")
     if not params:
         raise InputError("the module has no parameter that rftpack compresses lossily "
                          f"(floating point, ≥ 2 dims, ≥ {min_numel} values)")
@@ -134,7 +142,6 @@ def for_text_model(model: str | os.PathLike, texts: Sequence[str] | None = None,
 
     >>> weights = for_text_model("all-MiniLM-L6-v2")                   # doctest: +SKIP
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -148,12 +155,13 @@ def for_text_model(model: str | os.PathLike, texts: Sequence[str] | None = None,
         raise InputError(f"{model}: expected a Hugging Face model directory with config.json")
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    texts = list(texts or CALIBRATION_TEXTS)
+    texts = list(CALIBRATION_TEXTS if texts is None else texts)
     if not texts:
         raise InputError("no calibration texts")
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    # Local files only: measuring must never reach for the network.
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-    network = AutoModel.from_pretrained(path)
+    network = AutoModel.from_pretrained(path, local_files_only=True)
     mask = batch["attention_mask"].unsqueeze(-1)
 
     def embed(m: Any) -> Any:

@@ -134,3 +134,33 @@ def test_optional_peers_round_trip(peer: str, tiny_model: Path, tmp_path: Path) 
             assert row.exact and math.isinf(row.weight_snr_db)
         else:
             assert math.isfinite(row.weight_snr_db) and row.weight_snr_db > 15
+
+
+def test_calibrated_settings_sweep_the_rate_controlled_profiles() -> None:
+    from rftpack.bench.settings import SCALAR_BPW, calibrated_settings
+
+    weights = {"encoder.w": 2.0}
+    settings = calibrated_settings(weights)
+    families = {s.family for s in settings}
+    assert families == {"rftpack scalar (calibrated)", "rftpack dq (calibrated)"}
+    for family in families:
+        rows = [s for s in settings if s.family == family]
+        assert [s.params["target_bpw"] for s in rows] == SCALAR_BPW
+        assert all(s.params["importance"] == weights for s in rows)
+
+
+def test_plot_has_an_embedding_panel_when_cosines_were_measured(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from rftpack.bench.report import _curves, plot
+    from rftpack.bench.runner import BenchResult, Row
+
+    rows = [Row("rftpack scalar", f"target {b} bpw", "rftpack", False, bits_per_weight=b,
+                weight_snr_db=6.0 * b, embedding_cosine=1 - 10 ** -b) for b in (3.0, 5.0)]
+    rows.append(Row("zstd", "level 3", "zstd", True, bits_per_weight=29.0,
+                    weight_snr_db=math.inf, embedding_cosine=1.0, exact=True))
+    result = BenchResult("m", 10, 40, 1, rows, {}, False, None)
+    cos = _curves(result, "cosine")
+    assert list(cos) == ["rftpack scalar"]  # lossless rows have no finite error
+    assert [round(v, 6) for _, v, _ in cos["rftpack scalar"]] == [1e-3, 1e-5]
+    out = plot(result, tmp_path / "p.png")
+    assert out.stat().st_size > 10_000

@@ -168,8 +168,6 @@ def test_lookup_does_not_match_a_longer_entry_name() -> None:
     assert importance.lookup({"bert.encoder.x": 2.0}, "encoder.x") is None
 
 
-@pytest.mark.xfail(strict=True, reason="bug: importance.save lets OSError escape, so "
-                   "`rftpack sensitivity -o missing_dir/x.json` ends in a traceback")
 def test_save_into_a_missing_directory_is_an_rftpack_error(tmp_path: Path) -> None:
     from rftpack.errors import RftpackError
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from rftpack.bench.runner import BenchResult, Row
 
@@ -78,6 +79,14 @@ def footnotes(result: BenchResult) -> list[str]:
                      f"sub-bands): median {gains[len(gains) // 2]:.3f} dB, min {gains[0]:.3f}, "
                      f"max {gains[-1]:.3f} ({', '.join(f'{n} {g:.2f}' for n, g in worst)}); "
                      f"0 dB = no energy compaction (per tensor in --json)")
+    calibration = result.calibration
+    if calibration.get("weights"):
+        lines.append(f"(calibrated) rows: rate control weighted by importance measured in "
+                     f"{calibration['seconds']:.1f} s on {calibration['texts']} calibration "
+                     f"texts that are not the evaluation sentences (rftpack sensitivity); "
+                     f"that time is not in the encode speed")
+    elif calibration.get("error"):
+        lines.append(f"(calibrated) rows: not run — {calibration['error']}")
     lines.append("bits/weight = 8 × stored bytes ÷ all weights; weight SNR over all float "
                  "weights; tensor SNR = mean over changed float tensors with ≥ 2 dims; speeds "
                  "single-threaded, including reading and writing files; peak MB = VmHWM of "
@@ -99,9 +108,46 @@ def _pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, 
     return front
 
 
+def _curves(result: BenchResult, metric: str) -> dict[str, list[tuple[float, float, str]]]:
+    """(bits per weight, value, setting) per family, for ``metric`` "snr" (weight SNR, dB) or
+    "cosine" (embedding error 1 − cosine); lossless and failed rows are left out."""
+    curves: dict[str, list[tuple[float, float, str]]] = {}
+    for row in result.rows:
+        if row.error or row.bits_per_weight is None:
+            continue
+        if metric == "snr":
+            value = row.weight_snr_db
+            if value is None or math.isinf(value):
+                continue
+        else:
+            if row.embedding_cosine is None or row.exact:
+                continue
+            value = max(1.0 - row.embedding_cosine, 1e-7)
+        curves.setdefault(row.family, []).append((row.bits_per_weight, value, row.setting))
+    return curves
+
+
+def _draw(ax: Any, curves: dict[str, list[tuple[float, float, str]]], styles: dict[str, str],
+          higher_is_better: bool) -> None:
+    for family, points in curves.items():
+        points.sort()
+        sign = 1.0 if higher_is_better else -1.0
+        front = [(r, sign * v, s) for r, v, s in _pareto([(r, sign * v, s)
+                                                           for r, v, s in points])]
+        style = "-" if family.startswith("rftpack") else "--"
+        marker = styles[family]
+        (line,) = ax.plot([p[0] for p in front], [p[1] for p in front], style, marker=marker,
+                          label=family, linewidth=1.6)
+        beaten = [p for p in points if p not in front]
+        if beaten:  # dominated settings: hollow markers off the line
+            ax.plot([p[0] for p in beaten], [p[1] for p in beaten], linestyle="none",
+                    marker=marker, fillstyle="none", color=line.get_color())
+
+
 def plot(result: BenchResult, path: str | Path) -> Path:
-    """Rate–distortion curves (bits per weight → aggregate weight SNR), one per codec family:
-    a marker per setting, the line through the family's Pareto-optimal settings.
+    """Rate–distortion curves, one per codec family: bits per weight → aggregate weight SNR,
+    and (when measured) bits per weight → sentence-embedding error 1 − cosine; a marker per
+    setting, the line through the family's Pareto-optimal settings.
 
     Lossless settings have no finite SNR; they are listed in a box instead. Raises
     ImportError when matplotlib is not installed.
@@ -111,41 +157,38 @@ def plot(result: BenchResult, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves: dict[str, list[tuple[float, float, str]]] = {}
-    lossless: list[str] = []
-    for row in result.rows:
-        if row.error or row.bits_per_weight is None or row.weight_snr_db is None:
-            continue
-        if math.isinf(row.weight_snr_db):
-            lossless.append(f"{row.name}: {row.bits_per_weight:.2f} bpw")
-            continue
-        curves.setdefault(row.family, []).append((row.bits_per_weight, row.weight_snr_db,
-                                                  row.setting))
-    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
+    snr, cosine = _curves(result, "snr"), _curves(result, "cosine")
+    lossless = [f"{row.name}: {row.bits_per_weight:.2f} bpw" for row in result.rows
+                if not row.error and row.bits_per_weight is not None
+                and row.weight_snr_db is not None and math.isinf(row.weight_snr_db)]
     markers = "osD^v<>phX*"
-    for i, (family, points) in enumerate(curves.items()):
-        points.sort()
-        front = _pareto(points)  # the line joins the settings no other setting beats
-        style = "-" if family.startswith("rftpack") else "--"
-        marker = markers[i % len(markers)]
-        (line,) = ax.plot([p[0] for p in front], [p[1] for p in front], style, marker=marker,
-                          label=family, linewidth=1.6)
-        beaten = [p for p in points if p not in front]
-        if beaten:  # dominated settings: hollow markers off the line
-            ax.plot([p[0] for p in beaten], [p[1] for p in beaten], linestyle="none",
-                    marker=marker, fillstyle="none", color=line.get_color())
+    styles = {family: markers[i % len(markers)] for i, family in enumerate(snr)}
+    if cosine:
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(15, 6), dpi=110)
+    else:
+        fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
+    _draw(ax, snr, styles, higher_is_better=True)
     ax.set_xlabel("bits per weight (whole archive ÷ all weights)")
     ax.set_ylabel("aggregate weight SNR (dB)")
     name = Path(result.model).name if Path(result.model).name != "model" else \
         Path(result.model).parent.name
     ax.set_title(f"rate–distortion on {name} ({result.weights / 1e6:.1f} M weights)")
     ax.grid(True, alpha=0.3)
-    if curves:
-        ax.legend(loc="lower right")
+    if snr:
+        ax.legend(loc="lower right", fontsize=8)
     if lossless:
         ax.text(0.02, 0.98, "lossless (SNR = ∞):\n" + "\n".join(lossless),
                 transform=ax.transAxes, va="top", ha="left", fontsize=8,
                 bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85})
+    if cosine:
+        _draw(ax2, cosine, {f: styles.get(f, "o") for f in cosine}, higher_is_better=False)
+        ax2.set_yscale("log")
+        ax2.set_xlabel("bits per weight (whole archive ÷ all weights)")
+        ax2.set_ylabel("sentence-embedding error 1 − cosine (log)")
+        ax2.set_title("model-level fidelity (mean over the evaluation sentences)")
+        ax2.axhline(1e-3, color="grey", linewidth=0.8, linestyle=":")
+        ax2.grid(True, which="both", alpha=0.3)
+        ax2.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from rftpack.bench.models import (
     default_model,
     embeddings_unavailable,
 )
-from rftpack.bench.settings import CODECS, Setting, all_settings
+from rftpack.bench.settings import CODECS, Setting, all_settings, calibrated_settings
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 WORKER_TIMEOUT = 3600.0
@@ -102,6 +102,8 @@ class BenchResult:
     machine: dict[str, Any] = field(default_factory=dict)
     #: coding gain (dB) of the RFT per lossy-eligible tensor (rftpack.analysis)
     rft_gain_db: dict[str, float] = field(default_factory=dict)
+    #: importance weights of the "(calibrated)" rows and how long measuring them took
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "weights": self.weights,
@@ -109,7 +111,8 @@ class BenchResult:
                 "quick": self.quick, "embeddings_skipped": self.embeddings,
                 "seconds": round(self.seconds, 2), "machine": self.machine,
                 "skipped": self.skipped, "rows": [r.to_json() for r in self.rows],
-                "rft_coding_gain_db": {k: round(v, 4) for k, v in self.rft_gain_db.items()}}
+                "rft_coding_gain_db": {k: round(v, 4) for k, v in self.rft_gain_db.items()},
+                "calibration": self.calibration}
 
 
 def _no_log(message: str) -> None:
@@ -149,6 +152,9 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = _no_log) -> Benc
         probe = EmbeddingProbe(model_path)
     elif not (config.quick or not config.embeddings):
         log(f"embeddings: skipped ({embeddings_reason})")
+    calibration: dict[str, Any] = {}
+    if probe is not None and "rftpack" in config.codecs:
+        settings, calibration = _with_calibrated(settings, model_path, log)
 
     workdir = Path(config.workdir or tempfile.mkdtemp(prefix="rftpack-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -169,7 +175,29 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = _no_log) -> Benc
             shutil.rmtree(workdir, ignore_errors=True)
     return BenchResult(str(model_path), stats.weights, stats.original_bytes, len(stats.infos),
                        rows, skipped, config.quick, embeddings_reason,
-                       time.perf_counter() - started, _machine(), _rft_gains(model_path))
+                       time.perf_counter() - started, _machine(), _rft_gains(model_path),
+                       calibration)
+
+
+def _with_calibrated(settings: list[Setting], model_path: Path, log: Callable[[str], None]
+                     ) -> tuple[list[Setting], dict[str, Any]]:
+    """Measure importance weights on the calibration texts and add the calibrated rows
+    right after rftpack's own."""
+    from rftpack.sensitivity import CALIBRATION_TEXTS, for_text_model
+
+    log(f"measuring importance weights on {len(CALIBRATION_TEXTS)} calibration texts")
+    started = time.perf_counter()
+    try:
+        importance = for_text_model(model_path)
+    except Exception as exc:  # report, do not abort the benchmark
+        log(f"importance weights: not measured ({exc})")
+        return settings, {"error": str(exc)}
+    seconds = time.perf_counter() - started
+    extra = calibrated_settings(importance, quick=False)
+    at = next((i for i, s in enumerate(settings) if s.codec != "rftpack"), len(settings))
+    return settings[:at] + extra + settings[at:], {
+        "seconds": round(seconds, 2), "texts": len(CALIBRATION_TEXTS),
+        "tensors": len(importance), "weights": importance}
 
 
 def _rft_gains(model_path: Path) -> dict[str, float]:

@@ -96,6 +96,20 @@ def rftpack_settings(quick: bool = False) -> list[Setting]:
     return settings
 
 
+def calibrated_settings(importance: dict[str, float], quick: bool = False) -> list[Setting]:
+    """Every rate-controlled profile again, steered by measured importance weights
+    (``rftpack sensitivity`` on calibration texts that are not the evaluation sentences)."""
+    from rftpack.profiles import PROFILES
+
+    if not _has_option("importance"):
+        return []
+    return [Setting(f"rftpack {name} (calibrated)", f"target {bpw:g} bpw", "rftpack",
+                    {"profile": name, "target_bpw": bpw, "importance": importance})
+            for name, profile in PROFILES.items()
+            if profile.lossy and name != "hybrid" and _rate_controlled(profile)
+            for bpw in (SCALAR_BPW_QUICK if quick else SCALAR_BPW)]
+
+
 def peer_settings(quick: bool = False) -> list[Setting]:
     settings = [Setting("zstd", f"level {lvl}", "zstd", {"level": lvl}, lossless=True)
                 for lvl in (ZSTD_LEVELS_QUICK if quick else ZSTD_LEVELS)]

@@ -279,6 +279,10 @@ def cmd_sensitivity(args: argparse.Namespace, console: Console) -> dict[str, Any
     out = Path(args.out)
     if out.exists() and not args.force:
         raise OutputError(f"{out} exists (use -f to overwrite)")
+    if not out.parent.is_dir():
+        raise OutputError(f"{out.parent}: no such directory for --out")
+    if not 0 < args.noise < 1:
+        raise InputError(f"--noise must be in (0, 1), got {args.noise}")
     texts = None
     if args.texts:
         try:

@@ -192,3 +192,22 @@ def test_sensitivity_needs_a_model_directory(model_file: Path, tmp_path: Path, c
     assert main(["sensitivity", str(tmp_path / "missing"), "-o", str(out), "-q"]) == 1
     assert "no such file or directory" in one_error_line(capsys, "sensitivity")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("out_name, extra, message", [
+    ("no-such-dir/imp.json", [], "no such directory for --out"),
+    ("imp.json", ["--noise", "1.5"], "--noise must be in (0, 1)"),
+])
+def test_sensitivity_refuses_bad_output_or_noise_before_measuring(
+        tiny_bert_dir: Path, tmp_path: Path, capsys, monkeypatch, out_name: str,
+        extra: list[str], message: str) -> None:
+    import rftpack.sensitivity
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("measured although the arguments were bad")
+
+    monkeypatch.setattr(rftpack.sensitivity, "for_text_model", must_not_run)
+    out = tmp_path / out_name
+    assert main(["sensitivity", str(tiny_bert_dir), "-o", str(out), *extra, "-q"]) == 1
+    assert message in one_error_line(capsys, "sensitivity")
+    assert not out.exists()
