@@ -26,6 +26,7 @@ import numpy as np
 from rftpack import __version__
 from rftpack.archive.reader import Archive
 from rftpack.archive.writer import ArchiveWriter, default_layout
+from rftpack.calibrated import calibrated_levels
 from rftpack.codec import (
     EncodedTensor,
     ExactPipeline,
@@ -109,6 +110,12 @@ class CompressOptions:
     #: by :func:`rftpack.sensitivity.measure`; they replace ``embedding_weight`` for the
     #: tensors they name (each tensor's step becomes Δ / √weight).
     importance: dict[str, float] | None = None
+    #: Input second moments H = E[x xᵀ] of linear layers (weight name → (in, in) array, or
+    #: an .npz file of them), from :func:`rftpack.sensitivity.calibrate_text_model`: the
+    #: ``scalar`` quantizer then rounds those weights for small output error instead of small
+    #: weight error (:mod:`rftpack.calibrated`). Needs rate control; decoding is unchanged.
+    input_covariance: Any = None
+    calibration_damp: float = 0.1
 
     def weight_of(self, name: str) -> float:
         """How much the squared error of tensor ``name`` counts in rate control."""
@@ -132,7 +139,23 @@ class CompressOptions:
             if self.target_bpw is None and self.target_snr_db is None:
                 raise StageError("importance weights steer rate control: give a target "
                                  "(--bpw or --snr-db) with them")
+        if self.input_covariance is not None:
+            self.input_covariance = _covariances(self.input_covariance)
+            if self.target_bpw is None and self.target_snr_db is None:
+                raise StageError("calibrated rounding (input covariances) needs a rate target "
+                                 "(--bpw or --snr-db): it rounds onto the rate-controlled grid")
+            if not (isinstance(self.calibration_damp, int | float)
+                    and 0 < self.calibration_damp < 1e6):
+                raise StageError(f"calibration_damp must be a positive number, got "
+                                 f"{self.calibration_damp!r}")
         profile = get_profile(self.profile)
+        if self.input_covariance is not None:
+            transform = (self.transform or profile.transform or {}).get("name")
+            quantizer = (self.quantizer or profile.quantizer or {}).get("name")
+            if self.lossless or (transform, quantizer) != ("identity", "scalar"):
+                raise StageError("calibrated rounding (input covariances) works with the "
+                                 "scalar quantizer on the identity transform: use --profile "
+                                 "scalar")
         # --lossless means the lossless profile's coder, whatever profile was named.
         default_exact = get_profile("lossless" if self.lossless else self.profile).exact_coder
         exact_coder = build_stage("coder", self.exact_coder or default_exact)
@@ -195,8 +218,13 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
             for info in progress(infos):
                 array = model.read(info.name)
                 pipeline = _with_step(lossy, rate_plan, info.name, options)
+                rounded = _calibrated(info.name, array, pipeline, options)
+                if rounded is not None:  # already on the grid: no centroid shift on top
+                    pipeline = dataclasses.replace(pipeline, quantizer=dataclasses.replace(
+                        pipeline.quantizer, centroid=False))
                 try:
-                    encoded = _encode_one(info, array, pipeline, exact, options, sampler)
+                    encoded = _encode_one(info, array, pipeline, exact, options, sampler,
+                                          rounded)
                 except (RftpackError, MemoryError):
                     raise
                 except Exception as exc:  # a stage (maybe a plugin) failed: say which tensor
@@ -205,7 +233,7 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
                 written = writer.add_tensor(encoded)
                 entries.append(_manifest_entry(info, encoded, written))
                 totals.add(info, encoded, written)
-                del array, encoded
+                del array, encoded, rounded
                 model.release(info.name)
             trained, predictor_seconds = None, 0.0
             predictor_record = None
@@ -294,15 +322,55 @@ def _with_step(lossy: LossyPipeline | None, rate_plan: RatePlan | None, name: st
     return dataclasses.replace(lossy, quantizer=dataclasses.replace(lossy.quantizer, **changes))
 
 
+def _covariances(value: Any) -> Any:
+    """A name → (in, in) array mapping, from a mapping or an .npz file (read lazily)."""
+    if isinstance(value, str | os.PathLike):
+        try:
+            value = np.load(value, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{value}: not an .npz file of input covariances ({exc})") from None
+    if not hasattr(value, "keys") or not hasattr(value, "__getitem__"):
+        raise InputError("input_covariance must map weight names to (in, in) arrays or be "
+                         "the path of an .npz file of them")
+    return value
+
+
+def _calibrated(name: str, array: np.ndarray, lossy: LossyPipeline | None,
+                options: CompressOptions) -> np.ndarray | None:
+    """Calibrated grid values for this tensor, or None where calibrated rounding does not
+    apply (no covariance for it, not a finite 2-D lossy tensor, not scalar on identity)."""
+    table = options.input_covariance
+    if (table is None or lossy is None or lossy.quantizer.id != "scalar"
+            or lossy.transform.id != "identity" or array.ndim != 2
+            or not getattr(lossy.quantizer, "step", 0) > 0
+            or not is_lossy_candidate(array, min_numel=options.min_lossy_numel,
+                                      lossy_1d=options.lossy_1d)):
+        return None
+    key = name if name in table else next(
+        (k for k in sorted(table.keys(), key=len, reverse=True) if name.endswith("." + k)), None)
+    if key is None:
+        return None
+    covariance = np.asarray(table[key])
+    if covariance.shape != (array.shape[1], array.shape[1]):
+        raise InputError(f"tensor {name!r} has {array.shape[1]} input columns but its input "
+                         f"covariance is {covariance.shape}: measured on another model?")
+    values = array.astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        return None
+    return calibrated_levels(values, covariance, lossy.quantizer.step,
+                             damp=options.calibration_damp)
+
+
 def _encode_one(info: TensorInfo, array: np.ndarray, lossy: LossyPipeline | None,
                 exact: ExactPipeline, options: CompressOptions,
-                sampler: ResidualSampler | None) -> EncodedTensor:
+                sampler: ResidualSampler | None,
+                rounded: np.ndarray | None = None) -> EncodedTensor:
     if array.shape != info.shape:
         raise InputError(f"tensor {info.name!r}: read shape {array.shape}, header says "
                          f"{info.shape}")
     if lossy is not None and is_lossy_candidate(array, min_numel=options.min_lossy_numel,
                                                 lossy_1d=options.lossy_1d):
-        return encode_lossy(info.name, array, lossy, sampler)
+        return encode_lossy(info.name, array, lossy, sampler, rounded=rounded)
     return encode_exact(info.name, array, exact)
 
 
@@ -406,6 +474,7 @@ def _manifest(model: Any, profile: Profile, options: CompressOptions,
             "importance_weighted": bool(options.importance),
             "importance": dict(sorted(options.importance.items())) if options.importance
             else None,
+            "calibrated_rounding": options.input_covariance is not None,
             "estimated_bpw": round(rate_plan.estimated_bpw, 4),
             "estimated_snr_db": (round(rate_plan.estimated_snr_db, 4)
                                  if rate_plan.estimated_snr_db is not None else None)}

@@ -181,8 +181,13 @@ def encode_exact(name: str, array: np.ndarray, pipeline: ExactPipeline) -> Encod
 
 
 def encode_lossy(name: str, array: np.ndarray, pipeline: LossyPipeline,
-                 sampler: Sampler | None = None) -> EncodedTensor:
+                 sampler: Sampler | None = None, *,
+                 rounded: np.ndarray | None = None) -> EncodedTensor:
     """Encode a float tensor through transform → quantizer → coder, block by block.
+
+    ``rounded`` (same shape, finite) is what the pipeline encodes instead of ``array`` when an
+    encoder-side search (calibrated rounding) has already chosen the values; the error
+    statistics are still measured against ``array``.
 
     Example:
         >>> from rftpack.profiles import hybrid_pipeline
@@ -195,6 +200,10 @@ def encode_lossy(name: str, array: np.ndarray, pipeline: LossyPipeline,
     if dtype_name(array.dtype) not in LOSSY_CAPABLE:
         raise StageError(f"tensor {name!r}: dtype {array.dtype} cannot take the lossy path")
     flat = array.reshape(-1)
+    if rounded is not None and rounded.shape != array.shape:
+        raise StageError(f"tensor {name!r}: rounded values of shape {rounded.shape} for a "
+                         f"tensor of shape {array.shape}")
+    chosen = None if rounded is None else np.asarray(rounded, np.float64).reshape(-1)
     builder = _PayloadBuilder()
     blocks: list[dict[str, Any]] = []
     nonfinite_index: list[np.ndarray] = []
@@ -207,7 +216,8 @@ def encode_lossy(name: str, array: np.ndarray, pipeline: LossyPipeline,
         if bad.any():
             nonfinite_index.append(np.flatnonzero(bad) + start)
             x[bad] = 0.0
-        coefficients = pipeline.transform.forward(x)
+        coefficients = pipeline.transform.forward(
+            x if chosen is None else chosen[start:start + pipeline.block_size])
         count = int(coefficients.shape[0])
         bands = pipeline.bands(x.shape[0])
         streams, side = quantizer.quantize(coefficients, bands)

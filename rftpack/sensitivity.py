@@ -17,8 +17,11 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from rftpack.errors import InputError
 
@@ -45,6 +48,26 @@ CALIBRATION_TEXTS = [
     "The algorithm runs in linear time and constant memory.",
     "Our flight was delayed by three hours because of fog.",
     "The novel tells the story of a family across generations.",
+    "The river flooded the village after days of heavy rain.",
+    "Can I pay with a credit card at the front desk?",
+    "The new phone has a larger screen and a faster processor.",
+    "Volunteers cleaned up the beach on Saturday morning.",
+    "SELECT name, age FROM users WHERE age > 30;",
+    "Ich habe gestern ein gutes Buch gelesen.",
+    "The orchestra performed Beethoven's Ninth Symphony.",
+    "My favourite season is autumn because of the colours.",
+    "The company reported record profits in the third quarter.",
+    "How many kilometres is it from Madrid to Lisbon?",
+    "Water boils at one hundred degrees Celsius at sea level.",
+    "The detective found a hidden letter behind the painting.",
+    "Regular exercise improves both mood and sleep quality.",
+    "The bridge was closed for repairs until further notice.",
+    "She won the chess tournament without losing a single game.",
+    "for i in range(10): print(i * i)",
+    "The restaurant serves fresh seafood and local wine.",
+    "Scientists discovered a new species of frog in the rainforest.",
+    "The meeting ran late, so we ordered pizza for everyone.",
+    "Il fait très beau aujourd'hui, allons à la plage.",
 ]
 
 DISTORTIONS = ("cosine", "mse")
@@ -134,16 +157,69 @@ def measure(module: Any, run: Callable[[Any], Any], *, distortion: str = "mse",
     return {n: float(f"{min(max(raw[n] / mean, floor), 1 / floor):.6g}") for n in raw}
 
 
-def for_text_model(model: str | os.PathLike, texts: Sequence[str] | None = None,
-                   **options: Any) -> dict[str, float]:
-    """Importance weights of a Hugging Face text encoder (needs transformers): the output is
-    the mean-pooled last hidden state of ``texts`` (default :data:`CALIBRATION_TEXTS`) and the
-    distortion the mean 1 − cosine, i.e. sentence-embedding fidelity.
+def input_covariances(module: Any, run: Callable[[Any], Any], *,
+                      row_mask: Any = None) -> dict[str, np.ndarray]:
+    """H = E[x xᵀ] of the inputs x of every ``torch.nn.Linear`` while ``run(module)`` runs,
+    keyed by the weight's parameter name: what :func:`rftpack.calibrated.calibrated_levels`
+    needs. ``row_mask`` (bool, e.g. a tokenizer's attention mask of shape (batch, seq)) keeps
+    padding positions out of inputs that have one row per position.
 
-    >>> weights = for_text_model("all-MiniLM-L6-v2")                   # doctest: +SKIP
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(8, 4))
+        >>> h = input_covariances(net, lambda m: m(torch.ones(3, 8)))
+        >>> h["0.weight"].shape, float(h["0.weight"][0, 0])
+        ((8, 8), 1.0)
     """
+    import torch
+
+    sums: dict[str, Any] = {}
+    rows: dict[str, int] = {}
+    handles = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def collect(layer: Any, inputs: tuple[Any, ...], output: Any) -> None:
+            x = inputs[0].detach()
+            if row_mask is not None and x.ndim == 3 and tuple(x.shape[:2]) == tuple(
+                    row_mask.shape):
+                x = x[row_mask.bool()]
+            x = x.reshape(-1, x.shape[-1]).double()
+            sums[name] = sums.get(name, 0) + x.T @ x
+            rows[name] = rows.get(name, 0) + x.shape[0]
+        return collect
+
+    for prefix, layer in module.named_modules():
+        if isinstance(layer, torch.nn.Linear):
+            name = f"{prefix}.weight" if prefix else "weight"
+            handles.append(layer.register_forward_hook(hook(name)))
+    was_training = module.training
+    module.eval()
     try:
-        import torch
+        with torch.no_grad():
+            run(module)
+    finally:
+        module.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return {name: (total / max(rows[name], 1)).cpu().numpy() for name, total in sums.items()
+            if rows[name]}
+
+
+@dataclass
+class Calibration:
+    """What calibration measured: per-tensor importance weights and the input covariances of
+    the linear layers. ``CompressOptions(importance=c.importance,
+    input_covariance=c.covariances)`` uses both."""
+
+    importance: dict[str, float]
+    covariances: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _text_model(model: str | os.PathLike, texts: Sequence[str] | None
+                ) -> tuple[Any, Callable[[Any], Any], Any]:
+    """(network, run = mean-pooled sentence embeddings of the texts, attention mask)."""
+    try:
+        import torch  # noqa: F401
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
     except ImportError:
@@ -169,6 +245,32 @@ def for_text_model(model: str | os.PathLike, texts: Sequence[str] | None = None,
         weights = mask.to(hidden.dtype)
         return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
 
+    return network, embed, batch["attention_mask"]
+
+
+def for_text_model(model: str | os.PathLike, texts: Sequence[str] | None = None,
+                   **options: Any) -> dict[str, float]:
+    """Importance weights of a Hugging Face text encoder (needs transformers): the output is
+    the mean-pooled last hidden state of ``texts`` (default :data:`CALIBRATION_TEXTS`) and the
+    distortion the mean 1 − cosine, i.e. sentence-embedding fidelity.
+
+    >>> weights = for_text_model("all-MiniLM-L6-v2")                   # doctest: +SKIP
+    """
+    network, embed, _ = _text_model(model, texts)
     options.setdefault("distortion", "cosine")
-    with torch.no_grad():
-        return measure(network, embed, **options)
+    return measure(network, embed, **options)
+
+
+def calibrate_text_model(model: str | os.PathLike, texts: Sequence[str] | None = None,
+                         **options: Any) -> Calibration:
+    """:func:`for_text_model`'s importance weights plus the input covariances of every linear
+    layer on the same texts (padding positions left out).
+
+    >>> c = calibrate_text_model("all-MiniLM-L6-v2")                    # doctest: +SKIP
+    >>> rftpack.compress("all-MiniLM-L6-v2", "m.rftp", profile="scalar", target_bpw=5,
+    ...                  importance=c.importance, input_covariance=c.covariances)  # doctest: +SKIP
+    """
+    network, embed, mask = _text_model(model, texts)
+    options.setdefault("distortion", "cosine")
+    importance = measure(network, embed, **options)
+    return Calibration(importance, input_covariances(network, embed, row_mask=mask))

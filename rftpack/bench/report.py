@@ -81,10 +81,11 @@ def footnotes(result: BenchResult) -> list[str]:
                      f"0 dB = no energy compaction (per tensor in --json)")
     calibration = result.calibration
     if calibration.get("weights"):
-        lines.append(f"(calibrated) rows: rate control weighted by importance measured in "
-                     f"{calibration['seconds']:.1f} s on {calibration['texts']} calibration "
-                     f"texts that are not the evaluation sentences (rftpack sensitivity); "
-                     f"that time is not in the encode speed")
+        lines.append(f"(calibrated) rows: as `compress --calibrate` — rate control weighted "
+                     f"by importance, and scalar's linear layers rounded for their outputs, "
+                     f"measured in {calibration['seconds']:.1f} s on {calibration['texts']} "
+                     f"calibration texts that are not the evaluation sentences; that time is "
+                     f"not in the encode speed")
     elif calibration.get("error"):
         lines.append(f"(calibrated) rows: not run — {calibration['error']}")
     lines.append("bits/weight = 8 × stored bytes ÷ all weights; weight SNR over all float "

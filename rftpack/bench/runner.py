@@ -152,12 +152,12 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = _no_log) -> Benc
         probe = EmbeddingProbe(model_path)
     elif not (config.quick or not config.embeddings):
         log(f"embeddings: skipped ({embeddings_reason})")
-    calibration: dict[str, Any] = {}
-    if probe is not None and "rftpack" in config.codecs:
-        settings, calibration = _with_calibrated(settings, model_path, log)
 
     workdir = Path(config.workdir or tempfile.mkdtemp(prefix="rftpack-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    calibration: dict[str, Any] = {}
+    if probe is not None and "rftpack" in config.codecs:
+        settings, calibration = _with_calibrated(settings, model_path, workdir, log)
     rows: list[Row] = []
     try:
         npz_input = None
@@ -179,21 +179,24 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = _no_log) -> Benc
                        calibration)
 
 
-def _with_calibrated(settings: list[Setting], model_path: Path, log: Callable[[str], None]
-                     ) -> tuple[list[Setting], dict[str, Any]]:
-    """Measure importance weights on the calibration texts and add the calibrated rows
-    right after rftpack's own."""
-    from rftpack.sensitivity import CALIBRATION_TEXTS, for_text_model
+def _with_calibrated(settings: list[Setting], model_path: Path, workdir: Path,
+                     log: Callable[[str], None]) -> tuple[list[Setting], dict[str, Any]]:
+    """Calibrate on the calibration texts (as ``compress --calibrate``) and add the calibrated
+    rows right after rftpack's own."""
+    from rftpack.sensitivity import CALIBRATION_TEXTS, calibrate_text_model
 
-    log(f"measuring importance weights on {len(CALIBRATION_TEXTS)} calibration texts")
+    log(f"calibrating on {len(CALIBRATION_TEXTS)} calibration texts")
     started = time.perf_counter()
     try:
-        importance = for_text_model(model_path)
+        measured = calibrate_text_model(model_path)
     except Exception as exc:  # report, do not abort the benchmark
-        log(f"importance weights: not measured ({exc})")
+        log(f"calibration failed: {exc}")
         return settings, {"error": str(exc)}
     seconds = time.perf_counter() - started
-    extra = calibrated_settings(importance, quick=False)
+    importance = measured.importance
+    covariances = workdir / "input_covariances.npz"
+    np.savez(covariances, **measured.covariances)
+    extra = calibrated_settings(importance, str(covariances), quick=False)
     at = next((i for i, s in enumerate(settings) if s.codec != "rftpack"), len(settings))
     return settings[:at] + extra + settings[at:], {
         "seconds": round(seconds, 2), "texts": len(CALIBRATION_TEXTS),

@@ -96,18 +96,28 @@ def rftpack_settings(quick: bool = False) -> list[Setting]:
     return settings
 
 
-def calibrated_settings(importance: dict[str, float], quick: bool = False) -> list[Setting]:
-    """Every rate-controlled profile again, steered by measured importance weights
-    (``rftpack sensitivity`` on calibration texts that are not the evaluation sentences)."""
+def calibrated_settings(importance: dict[str, float], covariances: str | None = None,
+                        quick: bool = False) -> list[Setting]:
+    """Every rate-controlled profile again, steered by measured importance weights (and, for
+    ``scalar``, rounded for the linear layers' outputs with the input covariances in the .npz
+    file ``covariances``), as ``rftpack compress --calibrate`` does. The calibration texts
+    are not the evaluation sentences."""
     from rftpack.profiles import PROFILES
 
     if not _has_option("importance"):
         return []
-    return [Setting(f"rftpack {name} (calibrated)", f"target {bpw:g} bpw", "rftpack",
-                    {"profile": name, "target_bpw": bpw, "importance": importance})
-            for name, profile in PROFILES.items()
-            if profile.lossy and name != "hybrid" and _rate_controlled(profile)
-            for bpw in (SCALAR_BPW_QUICK if quick else SCALAR_BPW)]
+    settings = []
+    for name, profile in PROFILES.items():
+        if not (profile.lossy and name != "hybrid" and _rate_controlled(profile)):
+            continue
+        for bpw in SCALAR_BPW_QUICK if quick else SCALAR_BPW:
+            params: dict[str, Any] = {"profile": name, "target_bpw": bpw,
+                                      "importance": importance}
+            if name == "scalar" and covariances and _has_option("input_covariance"):
+                params["input_covariance"] = covariances
+            settings.append(Setting(f"rftpack {name} (calibrated)", f"target {bpw:g} bpw",
+                                    "rftpack", params))
+    return settings
 
 
 def peer_settings(quick: bool = False) -> list[Setting]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,8 @@ def compress_options(args: argparse.Namespace) -> CompressOptions:
         from rftpack.importance import load
 
         options.importance = load(args.importance)
+    if args.calibration_texts and not args.calibrate:
+        raise InputError("--calibration-texts goes with --calibrate")
     if args.transform:
         options.transform = {"name": args.transform, "configuration": {}}
     if args.quantizer:
@@ -65,6 +68,42 @@ def compress_options(args: argparse.Namespace) -> CompressOptions:
     elif args.predictor:
         options.predictor = {"name": args.predictor, "configuration": {}}
     return options
+
+
+def _read_texts(path: str) -> list[str]:
+    try:
+        texts = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the calibration texts ({exc})") from None
+    if not texts:
+        raise InputError(f"{path}: no calibration texts in the file")
+    return texts
+
+
+def _calibrate(args: argparse.Namespace, options: CompressOptions, source: str,
+               console: Console) -> None:
+    """--calibrate: importance weights (and input covariances for scalar) measured on the
+    model itself before compressing."""
+    from rftpack.sensitivity import calibrate_text_model
+
+    if args.importance:
+        raise InputError("give --importance or --calibrate, not both")
+    if options.target_bpw is None and options.target_snr_db is None:
+        raise InputError("--calibrate steers rate control: give --bpw or --snr-db with it")
+    texts = _read_texts(args.calibration_texts) if args.calibration_texts else None
+    started = time.perf_counter()
+    with console.status("calibrating: measuring each tensor's effect on the model output",
+                        spinner="dots") if _show(args) else nullcontext():
+        calibration = calibrate_text_model(resolve_model(source), texts)
+    options.importance = calibration.importance
+    if options.profile == "scalar" and not (options.transform or options.quantizer):
+        options.input_covariance = calibration.covariances
+    if _show(args):
+        rounded = (", linear layers rounded for their outputs"
+                   if options.input_covariance is not None else "")
+        console.print(f"calibrated in {time.perf_counter() - started:.1f} s "
+                      f"({len(calibration.importance)} tensors weighted{rounded})",
+                      highlight=False)
 
 
 def default_archive_name(source: str) -> Path:
@@ -81,6 +120,8 @@ def cmd_compress(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         raise InputError("give either INPUT or --model-id, not both")
     out = Path(args.out) if args.out else default_archive_name(source)
     options = compress_options(args)
+    if args.calibrate:
+        _calibrate(args, options, source, console)
     progress = tensor_progress(console, "compress", enabled=_show(args))
     result = compress(source, out, options=options, progress=progress)
     m = result.metrics
@@ -283,19 +324,11 @@ def cmd_sensitivity(args: argparse.Namespace, console: Console) -> dict[str, Any
         raise OutputError(f"{out.parent}: no such directory for --out")
     if not 0 < args.noise < 1:
         raise InputError(f"--noise must be in (0, 1), got {args.noise}")
-    texts = None
-    if args.texts:
-        try:
-            texts = [line.strip() for line in Path(args.texts).read_text().splitlines()
-                     if line.strip()]
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"{args.texts}: cannot read the calibration texts ({exc})") from None
-        if not texts:
-            raise InputError(f"{args.texts}: no calibration texts in the file")
+    texts = _read_texts(args.texts) if args.texts else None
     model_path = resolve_model(args.input)
     started = time.perf_counter()
     with console.status("perturbing each tensor and re-embedding the calibration texts",
-                        spinner="dots") if _show(args) else _nothing():
+                        spinner="dots") if _show(args) else nullcontext():
         weights = sensitivity.for_text_model(model_path, texts, relative_noise=args.noise)
     seconds = time.perf_counter() - started
     importance.save(weights, out, distortion="cosine", model=str(model_path),
@@ -315,14 +348,6 @@ def cmd_sensitivity(args: argparse.Namespace, console: Console) -> dict[str, Any
         console.print(f"wrote {out}: use it with rftpack compress … --bpw N --importance {out}",
                       highlight=False)
     return document
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 # -- demo -----------------------------------------------------------------------------------------

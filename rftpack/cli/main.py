@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     rate.add_argument("--importance", metavar="FILE",
                       help="per-tensor importance weights (JSON from `rftpack sensitivity`): "
                            "sensitive tensors get finer steps, at the same total size")
+    rate.add_argument("--calibrate", action="store_true",
+                      help="Hugging Face text encoders: measure importance weights and the "
+                           "linear layers' input statistics on calibration texts first, then "
+                           "(scalar profile) round each layer for small output error; needs "
+                           "torch and transformers")
+    rate.add_argument("--calibration-texts", metavar="FILE",
+                      help="with --calibrate: texts, one per line (default: 40 built-in "
+                           "sentences)")
     c.add_argument("--block-size", type=int, help="weights per transform block (2**20)")
     c.add_argument("--min-lossy-numel", type=int, default=1024,
                    help="smaller float tensors are stored exactly")
