@@ -346,11 +346,10 @@ def _calibrated(name: str, array: np.ndarray, lossy: LossyPipeline | None,
             or not is_lossy_candidate(array, min_numel=options.min_lossy_numel,
                                       lossy_1d=options.lossy_1d)):
         return None
-    key = name if name in table else next(
-        (k for k in sorted(table.keys(), key=len, reverse=True) if name.endswith("." + k)), None)
-    if key is None:
+    found = lookup_importance(table, name)  # same name matching as importance weights
+    if found is None:
         return None
-    covariance = np.asarray(table[key])
+    covariance = np.asarray(found)
     if covariance.shape != (array.shape[1], array.shape[1]):
         raise InputError(f"tensor {name!r} has {array.shape[1]} input columns but its input "
                          f"covariance is {covariance.shape}: measured on another model?")
@@ -471,6 +470,7 @@ def _manifest(model: Any, profile: Profile, options: CompressOptions,
         codec["rate_control"] = {
             "target_bpw": options.target_bpw, "target_snr_db": options.target_snr_db,
             "max_rel_error": options.max_rel_error, "step": rate_plan.step,
+            "embedding_weight": options.embedding_weight,
             "importance_weighted": bool(options.importance),
             "importance": dict(sorted(options.importance.items())) if options.importance
             else None,

@@ -18,12 +18,14 @@ import numbers
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rftpack.errors import InputError, OutputError
 
 FORMAT = "rftpack-importance"
 VERSION = 1
+
+T = TypeVar("T")
 
 
 def validate(weights: Any, where: str = "importance weights") -> dict[str, float]:
@@ -84,9 +86,10 @@ def load(path: str | os.PathLike) -> dict[str, float]:
     return validate(document, str(path))
 
 
-def lookup(weights: Mapping[str, float], name: str) -> float | None:
-    """The weight for checkpoint tensor ``name``: an exact entry, else the entry whose name
+def lookup(weights: Mapping[str, T], name: str) -> T | None:
+    """The entry for checkpoint tensor ``name``: an exact entry, else the longest entry name
     the checkpoint's adds a prefix to (``bert.encoder.x`` ← ``encoder.x``), else ``None``.
+    Works for any mapping keyed by tensor names (weights, input covariances).
 
     >>> lookup({"encoder.x": 2.0}, "bert.encoder.x"), lookup({"encoder.x": 2.0}, "y")
     (2.0, None)
