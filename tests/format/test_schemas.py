@@ -331,3 +331,53 @@ def test_unknown_top_level_members_are_ignored(base_documents):
         document = copy.deepcopy(base_documents[name])
         document["x_future_field"] = {"anything": [1, 2]}
         assert _errors(name, document) == []
+
+
+# -- the compiled fast path (jsonschema-rs) agrees with the reference validator -------------------
+
+def _kind(base: str) -> str:
+    return {"v1-manifest": "manifest", "v1-tensor": "tensor", "exact": "tensor",
+            "base64-tensor": "tensor"}.get(base, base)
+
+
+def test_fast_validator_agrees_on_valid_and_broken_documents(base_documents):
+    from rftpack.format.schema import _fast_validator
+
+    pytest.importorskip("jsonschema_rs")
+    for name, document in base_documents.items():
+        assert _fast_validator(_kind(name)).is_valid(document), name
+    for base, pointer, value, _ in BROKEN:
+        document = copy.deepcopy(base_documents[base])
+        _set(document, pointer, value)
+        assert not _fast_validator(_kind(base)).is_valid(document), (base, pointer)
+
+
+@pytest.mark.parametrize(("base", "pointer", "value", "path"), BROKEN[:8],
+                         ids=[f"{b}:{'.'.join(map(str, p))}" for b, p, _, _ in BROKEN[:8]])
+def test_broken_documents_are_rejected_without_the_fast_validator(
+        base_documents, monkeypatch, base, pointer, value, path):
+    import rftpack.format.schema as schema
+
+    monkeypatch.setattr(schema, "_fast_validator", lambda kind: None)
+    document = copy.deepcopy(base_documents[base])
+    _set(document, pointer, value)
+    with pytest.raises(FormatError) as info:
+        validate(_kind(base), document, "doc.json")
+    assert str(info.value).startswith(
+        f"doc.json: does not match the {_kind(base)} schema at {path}: "), str(info.value)
+    validate(_kind(base), base_documents[base], "doc.json")  # valid still passes
+
+
+def test_a_disagreeing_fast_validator_is_not_trusted(base_documents, monkeypatch):
+    import rftpack.format.schema as schema
+
+    class Refuses:
+        def is_valid(self, document):
+            return False
+
+        def iter_errors(self, document):
+            yield "compiled validator says no"
+
+    monkeypatch.setattr(schema, "_fast_validator", lambda kind: Refuses())
+    with pytest.raises(FormatError, match="compiled validator says no"):
+        validate("manifest", base_documents["manifest"], "m.json")
