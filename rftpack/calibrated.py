@@ -45,7 +45,7 @@ def calibrated_levels(weights: np.ndarray, covariance: np.ndarray, step: float, 
                          f"(in, in); got {w.shape} and {h.shape}")
     if not (np.all(np.isfinite(h)) and np.all(np.isfinite(w))):
         raise InputError("calibrated rounding needs finite weights and covariance")
-    if not (step > 0 and np.isfinite(step)) or not damp > 0:
+    if not (step > 0 and np.isfinite(step)) or not (damp > 0 and np.isfinite(damp)):
         raise InputError(f"step and damp must be positive, got {step}, {damp}")
     diag = np.diag(h).copy()
     mean = float(diag.mean()) if diag.size else 0.0
