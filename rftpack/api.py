@@ -144,8 +144,9 @@ class CompressOptions:
             if self.target_bpw is None and self.target_snr_db is None:
                 raise StageError("calibrated rounding (input covariances) needs a rate target "
                                  "(--bpw or --snr-db): it rounds onto the rate-controlled grid")
-            if not (isinstance(self.calibration_damp, int | float)
-                    and 0 < self.calibration_damp < 1e6):
+            if (isinstance(self.calibration_damp, bool)
+                    or not isinstance(self.calibration_damp, int | float)
+                    or not 0 < self.calibration_damp < 1e6):
                 raise StageError(f"calibration_damp must be a positive number, got "
                                  f"{self.calibration_damp!r}")
         profile = get_profile(self.profile)
@@ -291,6 +292,13 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
                              f"model: were they measured on another model?")
         logger.info("importance weights cover %d of %d lossy tensors", len(matched),
                     len(lossy_names))
+    if options.input_covariance is not None:
+        covered = [s.name for s in stats if s.lossy
+                   and lookup_importance(options.input_covariance, s.name) is not None]
+        if not covered:
+            example = ", ".join(sorted(options.input_covariance.keys())[:3])
+            raise InputError(f"none of the input covariances (e.g. {example}) belongs to a "
+                             f"lossy tensor of this model: were they measured on another model?")
     return plan(stats, lossy.quantizer, target_bpw=options.target_bpw,
                 target_snr_db=options.target_snr_db,
                 max_rel_error=options.max_rel_error, block_size=lossy.block_size,

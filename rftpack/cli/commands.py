@@ -90,13 +90,18 @@ def _calibrate(args: argparse.Namespace, options: CompressOptions, source: str,
         raise InputError("give --importance or --calibrate, not both")
     if options.target_bpw is None and options.target_snr_db is None:
         raise InputError("--calibrate steers rate control: give --bpw or --snr-db with it")
+    # Refuse what cannot use calibration before the slow measurement, not after it.
+    _, lossy, _, _ = options.build()
+    if lossy is None or not hasattr(lossy.quantizer, "step"):
+        raise InputError("--calibrate needs a rate-controlled lossy profile: --profile scalar "
+                         "or --profile dq (and no --lossless)")
     texts = _read_texts(args.calibration_texts) if args.calibration_texts else None
     started = time.perf_counter()
     with console.status("calibrating: measuring each tensor's effect on the model output",
                         spinner="dots") if _show(args) else nullcontext():
         calibration = calibrate_text_model(resolve_model(source), texts)
     options.importance = calibration.importance
-    if options.profile == "scalar" and not (options.transform or options.quantizer):
+    if (lossy.transform.id, lossy.quantizer.id) == ("identity", "scalar"):
         options.input_covariance = calibration.covariances
     if _show(args):
         rounded = (", linear layers rounded for their outputs"

@@ -234,12 +234,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _configure_logging(console: Console, args: argparse.Namespace) -> None:
+    logger = logging.getLogger("rftpack")
     if args.quiet or args.json:
+        # Also undo what an earlier, chatty run in this process installed.
+        logger.handlers[:] = [logging.NullHandler()]
+        logger.propagate = False
         return
     from rich.logging import RichHandler
 
     handler = RichHandler(console=console, show_time=False, show_path=False)
-    logger = logging.getLogger("rftpack")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG if args.debug else logging.INFO)
     logger.propagate = False

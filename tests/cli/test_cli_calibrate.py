@@ -223,9 +223,6 @@ def test_compress_help_documents_calibrate(capsys) -> None:
     assert "40 built-in sentences" in out
 
 
-@pytest.mark.xfail(strict=True, reason="bug: _calibrate measures before the options are "
-                   "checked, so a profile that cannot take a rate target (hybrid, --lossless) "
-                   "is refused only after the slow calibration")
 @pytest.mark.parametrize("extra", [["--profile", "hybrid"], ["--profile", "scalar",
                                                              "--lossless"]])
 def test_unusable_profiles_are_refused_before_measuring(tiny_bert_dir: Path, tmp_path: Path,
