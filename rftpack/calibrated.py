@@ -68,13 +68,15 @@ def calibrated_levels(weights: np.ndarray, covariance: np.ndarray, step: float, 
     columns = work.shape[1]
     for begin in range(0, columns, BLOCK):
         end = min(begin + BLOCK, columns)
-        errors = np.empty((work.shape[0], end - begin))
+        errors = np.empty((end - begin, work.shape[0]))  # one row per column of the block
         for j in range(begin, end):
-            levels[:, j] = np.rint(work[:, j])
-            err = (work[:, j] - levels[:, j]) / upper[j, j]
-            errors[:, j - begin] = err
-            work[:, j + 1:end] -= np.outer(err, upper[j, j + 1:end])
-        work[:, end:] -= errors @ upper[begin:end, end:]
+            k = j - begin
+            # Column j as corrected by the errors of the block's earlier columns (one
+            # matrix-vector product instead of a rank-1 update of the whole block per column).
+            column = work[:, j] - upper[begin:j, j] @ errors[:k] if k else work[:, j]
+            levels[:, j] = np.rint(column)
+            errors[k] = (column - levels[:, j]) / upper[j, j]
+        work[:, end:] -= errors.T @ upper[begin:end, end:]
     out = np.empty_like(levels)
     out[:, order] = levels
     return out * step
