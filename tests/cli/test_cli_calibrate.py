@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_checks import one_error_line
 from safetensors.numpy import load_file
 
 from rftpack import importance
@@ -20,14 +21,6 @@ from rftpack.cli.main import main
 BPW = "20"
 LINEAR = "encoder.layer.1.attention.self.value.weight"
 EMBEDDING = "embeddings.word_embeddings.weight"
-
-
-def one_error_line(capsys, command: str = "compress") -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    assert err.startswith(f"rftpack {command}: error: "), err
-    assert "Traceback" not in err
-    return err
 
 
 def quantizer_config(archive: Archive, name: str) -> dict:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_checks import one_error_line
 from safetensors.numpy import load_file, save_file
 
 from rftpack import importance
@@ -37,14 +38,6 @@ def errors_db(source: Path, archive: Path, tmp_path: Path) -> dict[str, float]:
     return {n: 10 * math.log10(float(np.sum(a[n].astype(np.float64) ** 2)
                                      / np.sum((a[n] - b[n]).astype(np.float64) ** 2)))
             for n in a if n.endswith(".weight")}
-
-
-def one_error_line(capsys, command: str) -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    assert err.startswith(f"rftpack {command}: error: "), err
-    assert "Traceback" not in err
-    return err
 
 
 # -- compress --importance -------------------------------------------------------------------
