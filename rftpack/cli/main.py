@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     from rftpack.cli import commands
+    from rftpack.sensitivity import CALIBRATION_TEXTS
+
+    builtin_texts = len(CALIBRATION_TEXTS)
 
     c = sub.add_parser(
         "compress", help="compress a checkpoint into an archive",
@@ -78,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--predictor", help="residual predictor stage id (default: the profile's)")
     c.add_argument("--no-predictor", action="store_true",
                    help="do not train a residual predictor")
-    rate = c.add_argument_group("rate control (scalar profile; give one)")
+    rate = c.add_argument_group("rate control (scalar and dq profiles; one target, optionally weighted)")
     rate.add_argument("--bpw", type=float, dest="target_bpw",
                       help="target bits per weight for the whole archive")
     rate.add_argument("--snr-db", type=float, dest="target_snr_db",
@@ -97,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "(scalar profile) round each layer for small output error; needs "
                            "torch and transformers")
     rate.add_argument("--calibration-texts", metavar="FILE",
-                      help="with --calibrate: texts, one per line (default: 40 built-in "
-                           "sentences)")
+                      help=f"with --calibrate: texts, one per line (default: {builtin_texts} "
+                           f"built-in sentences)")
     c.add_argument("--block-size", type=int, help="weights per transform block (2**20)")
     c.add_argument("--min-lossy-numel", type=int, default=1024,
                    help="smaller float tensors are stored exactly")
@@ -159,14 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "  rftpack sensitivity MODEL_DIR -o importance.json\n"
                     "  rftpack compress MODEL_DIR --profile dq --bpw 5 "
                     "--importance importance.json\n\n"
-                    "Needs torch and transformers. From Python, "
-                    "rftpack.sensitivity.measure(module, run) works on any torch module.",
+                    "Needs torch and transformers. `rftpack compress --calibrate` does the same "
+                    "measurement (plus the linear layers' input statistics) in one step; from "
+                    "Python, rftpack.sensitivity.measure(module, run) works on any torch "
+                    "module.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("input", help="Hugging Face model directory (config.json + weights)")
     s.add_argument("-o", "--out", default="importance.json",
                    help="where to write the weights (default: importance.json)")
     s.add_argument("--texts", metavar="FILE",
-                   help="calibration texts, one per line (default: 20 built-in sentences)")
+                   help=f"calibration texts, one per line (default: {builtin_texts} built-in "
+                        f"sentences)")
     s.add_argument("--noise", type=float, default=0.03,
                    help="noise RMS relative to each tensor's RMS (default: 0.03)")
     s.add_argument("-f", "--force", action="store_true", help="overwrite --out")
