@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--predictor", help="residual predictor stage id (default: the profile's)")
     c.add_argument("--no-predictor", action="store_true",
                    help="do not train a residual predictor")
-    rate = c.add_argument_group("rate control (scalar and dq profiles; one target, optionally weighted)")
+    rate = c.add_argument_group(
+        "rate control (scalar and dq profiles; one target, optionally weighted)")
     rate.add_argument("--bpw", type=float, dest="target_bpw",
                       help="target bits per weight for the whole archive")
     rate.add_argument("--snr-db", type=float, dest="target_snr_db",
