@@ -195,7 +195,9 @@ def test_calibrate_text_model_covers_every_linear_weight(tiny_bert_dir: Path,
     linears = {f"{name}.weight": m.in_features for name, m in model.named_modules()
                if isinstance(m, torch.nn.Linear)}
     assert len(linears) == 2 * 6 + 1  # q, k, v, attention out, intermediate, out; pooler
-    assert set(calibration.covariances) == set(linears)
+    assert set(calibration.heldout_gain) == set(linears)  # every linear layer was assessed
+    kept = {n for n, g in calibration.heldout_gain.items() if g < sensitivity.HELDOUT_KEEP}
+    assert set(calibration.covariances) == kept and kept  # the ones that pay are rounded
     params = dict(model.named_parameters())
     for name, h in calibration.covariances.items():
         assert h.shape == (linears[name], linears[name]) == (params[name].shape[1],) * 2
@@ -244,3 +246,36 @@ def test_calibration_defaults() -> None:
     c = Calibration({"a.weight": 1.0})
     assert c.covariances == {}
     assert Calibration({}).covariances is not c.covariances  # no shared default
+
+
+def test_calibration_keeps_rounding_only_where_it_pays_out_of_sample(tiny_bert_dir: Path,
+                                                                     monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    worse, better = "encoder.layer.0.attention.self.query.weight", "pooler.dense.weight"
+    chosen = {worse: 1.2, better: 0.5}
+
+    def fake_gains(weights, halves):
+        assert set(weights) == set(halves[0]) == set(halves[1])  # fitted per half
+        return {name: chosen.get(name, 0.9) for name in weights}
+
+    plain = sensitivity.for_text_model(tiny_bert_dir, TEXTS, repeats=1)
+    monkeypatch.setattr(sensitivity, "heldout_gains", fake_gains)
+    c = sensitivity.calibrate_text_model(tiny_bert_dir, TEXTS, repeats=1)
+    assert worse not in c.covariances and better in c.covariances
+    assert c.importance[worse] == plain[worse]  # left to plain rounding: weight unchanged
+    layer = "encoder.layer.1.output.dense.weight"
+    assert c.importance[layer] == pytest.approx(plain[layer] * 0.9)  # its error shrinks
+    assert c.importance[better] == pytest.approx(max(plain[better] * 0.5, 1e-3))
+    # Fewer than 4 texts: no halves to cross-validate over, every layer is kept.
+    few = sensitivity.calibrate_text_model(tiny_bert_dir, TEXTS[:3], repeats=1)
+    assert few.heldout_gain == {} and set(few.covariances) == set(c.covariances) | {worse}
+
+
+def test_heldout_gains_see_overfitting() -> None:
+    rng = np.random.default_rng(3)
+    w = {"w": rng.normal(size=(16, 64))}
+    # Each half has fewer samples than inputs: a fit to one half is noise for the other.
+    x1, x2 = rng.normal(size=(20, 64)), rng.normal(size=(20, 64))
+    h1, h2 = x1.T @ x1 / 20, x2.T @ x2 / 20
+    assert sensitivity.heldout_gains(w, ({"w": h1}, {"w": h2}))["w"] > 1.0
+    assert sensitivity.heldout_gains(w, ({"w": h1}, {})) == {}  # needs both halves

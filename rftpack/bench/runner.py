@@ -196,7 +196,8 @@ def _with_calibrated(settings: list[Setting], model_path: Path, workdir: Path,
     importance = measured.importance
     covariances = workdir / "input_covariances.npz"
     np.savez(covariances, **measured.covariances)
-    extra = calibrated_settings(importance, str(covariances), quick=False)
+    extra = calibrated_settings(importance, str(covariances) if measured.covariances else None,
+                                quick=False)
     at = next((i for i, s in enumerate(settings) if s.codec != "rftpack"), len(settings))
     return settings[:at] + extra + settings[at:], {
         "seconds": round(seconds, 2), "texts": len(CALIBRATION_TEXTS),

@@ -101,7 +101,8 @@ def _calibrate(args: argparse.Namespace, options: CompressOptions, source: str,
                         spinner="dots") if _show(args) else nullcontext():
         calibration = calibrate_text_model(resolve_model(source), texts)
     options.importance = calibration.importance
-    if (lossy.transform.id, lossy.quantizer.id) == ("identity", "scalar"):
+    if calibration.covariances and (lossy.transform.id, lossy.quantizer.id) == (
+            "identity", "scalar"):
         options.input_covariance = calibration.covariances
     if _show(args):
         rounded = (", linear layers rounded for their outputs"
