@@ -321,8 +321,8 @@ def for_text_model(model: str | os.PathLike, texts: Sequence[str] | None = None,
 
 def calibrate_text_model(model: str | os.PathLike, texts: Sequence[str] | None = None,
                          **options: Any) -> Calibration:
-    """:func:`for_text_model`'s importance weights plus the input covariances of every linear
-    layer on the same texts (padding positions left out). With 4 texts or more, each linear
+    """:func:`for_text_model`'s importance weights plus the input covariances of the linear
+    layers on the same texts (padding positions left out). With 4 texts or more, each linear
     layer's calibrated rounding is cross-validated over two halves of the texts
     (:func:`heldout_gains`): layers where it does not pay out of sample (gain ≥
     :data:`HELDOUT_KEEP`) are left to plain rounding, and the importance of the others is
