@@ -39,11 +39,23 @@ from rftpack.dtypes import dtype_from_name
 from rftpack.errors import InputError, OutputError, RftpackError, StageError
 from rftpack.importance import lookup as lookup_importance
 from rftpack.importance import validate as validate_importance
+from rftpack.importance import validate_rows
 from rftpack.io import TensorInfo, open_sink, open_source
 from rftpack.profiles import Profile, build_stage, get_profile
-from rftpack.ratecontrol import Overhead, RatePlan, TensorStats, plan, sample_of
+from rftpack.ratecontrol import (
+    Overhead,
+    RatePlan,
+    TensorStats,
+    entropy_bits,
+    estimate,
+    extremes_of,
+    plan,
+    row_sample,
+    sample_of,
+)
 from rftpack.residual import ResidualSampler, TrainedResidual
 from rftpack.stages.base import Coder, Predictor, Quantizer, Transform
+from rftpack.stages.scalar import RowSteps
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +128,13 @@ class CompressOptions:
     #: weight error (:mod:`rftpack.calibrated`). Needs rate control; decoding is unchanged.
     input_covariance: Any = None
     calibration_damp: float = 0.1
+    #: Per-row weights of squared error (name → one weight > 0 per row of a 2-D+ tensor),
+    #: e.g. a token-embedding table's rows by how often calibration text used each token
+    #: (:func:`rftpack.sensitivity.calibrate_text_model`): each row gets its own step, about
+    #: the tensor's step / √(row weight ÷ mean row weight), in quarter octaves (``scalar``
+    #: or ``dq`` quantizer, identity transform, a rate target; a mapping or an .npz file).
+    #: Such tensors are not also given calibrated rounding.
+    row_importance: Any = None
 
     def weight_of(self, name: str) -> float:
         """How much the squared error of tensor ``name`` counts in rate control."""
@@ -149,10 +168,20 @@ class CompressOptions:
                     or not 0 < self.calibration_damp < 1e6):
                 raise StageError(f"calibration_damp must be a positive number, got "
                                  f"{self.calibration_damp!r}")
+        if self.row_importance is not None:
+            self.row_importance = validate_rows(_npz_or_mapping(self.row_importance,
+                                                                "row weights"))
+            if self.target_bpw is None and self.target_snr_db is None:
+                raise StageError("row weights steer rate control: give a target (--bpw or "
+                                 "--snr-db) with them")
         profile = get_profile(self.profile)
+        transform = (self.transform or profile.transform or {}).get("name")
+        quantizer = (self.quantizer or profile.quantizer or {}).get("name")
+        if self.row_importance is not None and (
+                self.lossless or transform != "identity" or quantizer not in ("scalar", "dq")):
+            raise StageError("row weights need the scalar or dq quantizer on the identity "
+                             "transform: use --profile scalar or --profile dq")
         if self.input_covariance is not None:
-            transform = (self.transform or profile.transform or {}).get("name")
-            quantizer = (self.quantizer or profile.quantizer or {}).get("name")
             if self.lossless or (transform, quantizer) != ("identity", "scalar"):
                 raise StageError("calibrated rounding (input covariances) works with the "
                                  "scalar quantizer on the identity transform: use --profile "
@@ -215,17 +244,24 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
         writer = ArchiveWriter(out, layout=options.layout, payload=options.payload,
                                overwrite=options.overwrite)
         try:
-            entries, totals = [], _Totals()
+            entries, totals, row_weighted, calibrated = [], _Totals(), [], []
             for info in progress(infos):
                 array = model.read(info.name)
                 pipeline = _with_step(lossy, rate_plan, info.name, options)
-                rounded = _calibrated(info.name, array, pipeline, options)
+                rows = _row_steps(info.name, array, options)
+                rounded = None
+                if rows is not None:
+                    pipeline = _for_rows(pipeline, *rows)
+                    row_weighted.append(info.name)
+                else:
+                    rounded = _calibrated(info.name, array, pipeline, options)
                 if rounded is not None:  # already on the grid: no centroid shift on top
                     pipeline = dataclasses.replace(pipeline, quantizer=dataclasses.replace(
                         pipeline.quantizer, centroid=False))
+                    calibrated.append(info.name)
                 try:
                     encoded = _encode_one(info, array, pipeline, exact, options, sampler,
-                                          rounded)
+                                          rounded, rows[0] if rows is not None else None)
                 except (RftpackError, MemoryError):
                     raise
                 except Exception as exc:  # a stage (maybe a plugin) failed: say which tensor
@@ -245,7 +281,7 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
                 predictor_seconds = time.perf_counter() - t0
                 predictor_record = _decide_predictor(trained, entries, writer)
             manifest = _manifest(model, profile, options, lossy, entries, totals, trained,
-                                 predictor_record, rate_plan)
+                                 predictor_record, rate_plan, row_weighted, calibrated)
             writer.finish(manifest)
         except BaseException:
             writer.abort()
@@ -273,9 +309,24 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
         if is_lossy_candidate(array, min_numel=options.min_lossy_numel,
                               lossy_1d=options.lossy_1d):
             weight = options.weight_of(info.name)
-            stats.append(TensorStats(info.name, info.numel, True, signal,
-                                     float(np.max(np.abs(finite))) if finite.size else 0.0,
-                                     sample_of(finite), weight=weight))
+            peak = float(np.max(np.abs(finite))) if finite.size else 0.0
+            rows = _row_steps(info.name, array, options)
+            if rows is None:
+                extremes, where = extremes_of(finite)
+                stats.append(TensorStats(info.name, info.numel, True, signal, peak,
+                                         sample_of(finite), weight=weight, extremes=extremes,
+                                         extreme_positions=where))
+            else:  # sample by position, so each sampled weight keeps its row's step
+                steps, base = rows
+                zeroed = values  # not needed whole any more: zero the non-finite in place
+                zeroed[~np.isfinite(zeroed)] = 0.0
+                sample, scale, represents, positions = row_sample(
+                    zeroed, base * steps.per_row(), steps.length)
+                extremes, where = extremes_of(zeroed, base * steps.per_row(), steps.length)
+                stats.append(TensorStats(info.name, info.numel, True, signal, peak, sample,
+                                         weight=weight, scale=scale, represents=represents,
+                                         positions=positions, extremes=extremes,
+                                         extreme_positions=where))
         else:
             size = len(encode_exact(info.name, array, exact).payload)
             stats.append(TensorStats(info.name, info.numel, False, signal, 0.0, exact_bytes=size))
@@ -292,6 +343,13 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
                              f"model: were they measured on another model?")
         logger.info("importance weights cover %d of %d lossy tensors", len(matched),
                     len(lossy_names))
+    if options.row_importance:
+        weighted = [s.name for s in stats if s.scale is not None]
+        if not weighted:
+            example = ", ".join(sorted(options.row_importance)[:3])
+            raise InputError(f"none of the row weights (e.g. {example}) belongs to a lossy "
+                             f"tensor of this model: were they measured on another model?")
+        logger.info("row weights for %s", ", ".join(weighted))
     if options.input_covariance is not None:
         covered = [s.name for s in stats if s.lossy
                    and lookup_importance(options.input_covariance, s.name) is not None]
@@ -299,11 +357,52 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
             example = ", ".join(sorted(options.input_covariance.keys())[:3])
             raise InputError(f"none of the input covariances (e.g. {example}) belongs to a "
                              f"lossy tensor of this model: were they measured on another model?")
-    return plan(stats, lossy.quantizer, target_bpw=options.target_bpw,
-                target_snr_db=options.target_snr_db,
-                max_rel_error=options.max_rel_error, block_size=lossy.block_size,
-                overhead=Overhead.for_layout(options.layout or default_layout(Path(out)),
-                                             options.payload))
+    settings = {"target_bpw": options.target_bpw, "target_snr_db": options.target_snr_db,
+                "max_rel_error": options.max_rel_error, "block_size": lossy.block_size,
+                "overhead": Overhead.for_layout(options.layout or default_layout(Path(out)),
+                                                options.payload)}
+    first = plan(stats, lossy.quantizer, **settings)  # type: ignore[arg-type]
+    if options.input_covariance is None or not _measure_rate_bias(model, stats, first, lossy,
+                                                                  options):
+        return first
+    return plan(stats, lossy.quantizer, **settings)  # type: ignore[arg-type]
+
+
+#: rows of a linear layer that calibrated rounding is tried on to measure its extra rate,
+#: and the planned rate (bits per weight) below which it is measured
+RATE_BIAS_ROWS = 128
+RATE_BIAS_BELOW_BPW = 4.0
+
+
+def _measure_rate_bias(model: Any, stats: list[TensorStats], first: RatePlan,
+                       lossy: LossyPipeline, options: CompressOptions) -> bool:
+    """Calibrated rounding moves weights off their nearest level, which costs bits that plain
+    rounding of the sample does not show: little at high rates (MiniLM's layers at 4–7 bits
+    per weight: |Δ| ≤ 0.001 bit), more at low ones (its pooler at 0.2 bpw: +0.13 bit; 0.02
+    at 2 bpw on strongly correlated inputs). For the layers planned below
+    RATE_BIAS_BELOW_BPW, measure it on a subset of rows (each row is rounded independently)
+    at the first plan's step, so the second plan counts it. True if any layer was measured."""
+    covered = dict.fromkeys(options.input_covariance.keys(), True)  # names only: no loading
+    measured = False
+    for s in stats:
+        step = first.step_for(s.name)
+        if not s.lossy or s.scale is not None or step is None \
+                or lookup_importance(covered, s.name) is None:
+            continue
+        quantizer = dataclasses.replace(lossy.quantizer, step=step)
+        if estimate(s, quantizer, lossy.block_size)[0] / s.numel >= RATE_BIAS_BELOW_BPW:
+            continue
+        array = model.read(s.name)
+        rows = array[::max(1, array.shape[0] // RATE_BIAS_ROWS)] if array.ndim == 2 else array
+        rounded = _calibrated(s.name, rows, dataclasses.replace(lossy, quantizer=quantizer),
+                              options)
+        if rounded is not None:
+            plain = np.rint(rows.astype(np.float64) / step)
+            s.rate_bias = entropy_bits(np.rint(rounded / step)) - entropy_bits(plain)
+            measured = True
+        del array
+        model.release(s.name)
+    return measured
 
 
 _TOKEN_EMBEDDING = re.compile(r"(word_embeddings|embed_tokens|tok_embeddings|\bwte\b|"
@@ -330,16 +429,49 @@ def _with_step(lossy: LossyPipeline | None, rate_plan: RatePlan | None, name: st
     return dataclasses.replace(lossy, quantizer=dataclasses.replace(lossy.quantizer, **changes))
 
 
+def _row_steps(name: str, array: np.ndarray, options: CompressOptions
+               ) -> tuple[RowSteps, float] | None:
+    """(row levels, base step multiplier) of a tensor with row weights, else None."""
+    if not options.row_importance or array.ndim < 2 or not is_lossy_candidate(
+            array, min_numel=options.min_lossy_numel, lossy_1d=options.lossy_1d):
+        return None
+    weights = lookup_importance(options.row_importance, name)
+    if weights is None:
+        return None
+    if weights.shape[0] != array.shape[0]:
+        raise InputError(f"tensor {name!r} has {array.shape[0]} rows but {weights.shape[0]} "
+                         f"row weights: measured on another model?")
+    levels, base = RowSteps.from_weights(weights)
+    return RowSteps(levels, array.size // array.shape[0]), base
+
+
+def _for_rows(lossy: LossyPipeline | None, rows: RowSteps, base: float
+              ) -> LossyPipeline | None:
+    """The pipeline for a tensor with row steps: its step scaled to the coarsest row's and
+    blocks of whole rows."""
+    if lossy is None or not getattr(lossy.quantizer, "step", 0) > 0:
+        return lossy
+    block = max(rows.length, lossy.block_size // rows.length * rows.length)
+    quantizer = dataclasses.replace(lossy.quantizer, step=lossy.quantizer.step * base)
+    return dataclasses.replace(lossy, quantizer=quantizer, block_size=block)
+
+
 def _covariances(value: Any) -> Any:
     """A name → (in, in) array mapping, from a mapping or an .npz file (read lazily)."""
-    if isinstance(value, str | os.PathLike):
-        try:
-            value = np.load(value, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{value}: not an .npz file of input covariances ({exc})") from None
+    value = _npz_or_mapping(value, "input covariances")
     if not hasattr(value, "keys") or not hasattr(value, "__getitem__"):
         raise InputError("input_covariance must map weight names to (in, in) arrays or be "
                          "the path of an .npz file of them")
+    return value
+
+
+def _npz_or_mapping(value: Any, what: str) -> Any:
+    """``value`` itself, or the arrays of the .npz file it names (read lazily)."""
+    if isinstance(value, str | os.PathLike):
+        try:
+            return np.load(value, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{value}: not an .npz file of {what} ({exc})") from None
     return value
 
 
@@ -371,13 +503,14 @@ def _calibrated(name: str, array: np.ndarray, lossy: LossyPipeline | None,
 def _encode_one(info: TensorInfo, array: np.ndarray, lossy: LossyPipeline | None,
                 exact: ExactPipeline, options: CompressOptions,
                 sampler: ResidualSampler | None,
-                rounded: np.ndarray | None = None) -> EncodedTensor:
+                rounded: np.ndarray | None = None,
+                rows: RowSteps | None = None) -> EncodedTensor:
     if array.shape != info.shape:
         raise InputError(f"tensor {info.name!r}: read shape {array.shape}, header says "
                          f"{info.shape}")
     if lossy is not None and is_lossy_candidate(array, min_numel=options.min_lossy_numel,
                                                 lossy_1d=options.lossy_1d):
-        return encode_lossy(info.name, array, lossy, sampler, rounded=rounded)
+        return encode_lossy(info.name, array, lossy, sampler, rounded=rounded, rows=rows)
     return encode_exact(info.name, array, exact)
 
 
@@ -462,7 +595,8 @@ def _decide_predictor(trained: TrainedResidual | None, entries: list[dict[str, A
 def _manifest(model: Any, profile: Profile, options: CompressOptions,
               lossy: LossyPipeline | None, entries: list[dict[str, Any]], totals: _Totals,
               trained: TrainedResidual | None, predictor: dict[str, Any] | None,
-              rate_plan: RatePlan | None = None) -> dict[str, Any]:
+              rate_plan: RatePlan | None = None, row_weighted: Iterable[str] = (),
+              calibrated: Iterable[str] = ()) -> dict[str, Any]:
     codec: dict[str, Any] = {"mode": "hybrid" if lossy else "exact", "profile": profile.name,
                              "lossless": lossy is None,
                              "min_lossy_numel": options.min_lossy_numel,
@@ -482,7 +616,8 @@ def _manifest(model: Any, profile: Profile, options: CompressOptions,
             "importance_weighted": bool(options.importance),
             "importance": dict(sorted(options.importance.items())) if options.importance
             else None,
-            "calibrated_rounding": options.input_covariance is not None,
+            "calibrated_rounding": bool(calibrated),
+            "row_weighted": sorted(row_weighted),
             "estimated_bpw": round(rate_plan.estimated_bpw, 4),
             "estimated_snr_db": (round(rate_plan.estimated_snr_db, 4)
                                  if rate_plan.estimated_snr_db is not None else None)}

@@ -28,6 +28,7 @@ from rftpack.errors import FormatError, StageError
 from rftpack.plugins import provider_of, stage_from_config
 from rftpack.stages.bands import geometric_bands
 from rftpack.stages.base import Coder, PolarView, Quantizer, Stage, Transform
+from rftpack.stages.scalar import RowSteps, SteppedQuantizer
 
 CONTAINER_TYPE = "rft_hybrid_tensor"
 CONTAINER_VERSION = 2
@@ -182,12 +183,15 @@ def encode_exact(name: str, array: np.ndarray, pipeline: ExactPipeline) -> Encod
 
 def encode_lossy(name: str, array: np.ndarray, pipeline: LossyPipeline,
                  sampler: Sampler | None = None, *,
-                 rounded: np.ndarray | None = None) -> EncodedTensor:
+                 rounded: np.ndarray | None = None,
+                 rows: RowSteps | None = None) -> EncodedTensor:
     """Encode a float tensor through transform → quantizer → coder, block by block.
 
     ``rounded`` (same shape, finite) is what the pipeline encodes instead of ``array`` when an
     encoder-side search (calibrated rounding) has already chosen the values; the error
-    statistics are still measured against ``array``.
+    statistics are still measured against ``array``. ``rows`` gives every row of the
+    tensor its own step level (``scalar``/``dq`` on the identity transform; blocks then hold
+    whole rows).
 
     Example:
         >>> from rftpack.profiles import hybrid_pipeline
@@ -204,6 +208,8 @@ def encode_lossy(name: str, array: np.ndarray, pipeline: LossyPipeline,
         raise StageError(f"tensor {name!r}: rounded values of shape {rounded.shape} for a "
                          f"tensor of shape {array.shape}")
     chosen = None if rounded is None else np.asarray(rounded, np.float64).reshape(-1)
+    if rows is not None:
+        _check_rows(name, flat.shape[0], pipeline, rows)
     builder = _PayloadBuilder()
     blocks: list[dict[str, Any]] = []
     nonfinite_index: list[np.ndarray] = []
@@ -220,7 +226,13 @@ def encode_lossy(name: str, array: np.ndarray, pipeline: LossyPipeline,
             x if chosen is None else chosen[start:start + pipeline.block_size])
         count = int(coefficients.shape[0])
         bands = pipeline.bands(x.shape[0])
-        streams, side = quantizer.quantize(coefficients, bands)
+        if rows is None:
+            streams, side = quantizer.quantize(coefficients, bands)
+        else:
+            first = start // rows.length
+            block_rows = RowSteps(rows.levels[first:first - (-count // rows.length)], rows.length)
+            streams, side = quantizer.quantize(  # type: ignore[call-arg]
+                coefficients, bands, rows=block_rows)
         symbols = {key: codes.symbols for key, codes in streams.items()}
         _check_streams(quantizer, streams, side)
         record = {"count": int(x.shape[0]), "coefficients": count, "side": side, "streams": {}}
@@ -279,6 +291,22 @@ def encode_lossy(name: str, array: np.ndarray, pipeline: LossyPipeline,
     container["snr_db"] = round(snr, 4) if math.isfinite(snr) else None
     return EncodedTensor(container, payload, snr_db=snr,
                          stats={"signal": signal, "error": error})
+
+
+def _check_rows(name: str, count: int, pipeline: LossyPipeline, rows: RowSteps) -> None:
+    """Row steps need a quantizer that takes them, the identity transform (rows of weights,
+    not of coefficients), blocks of whole rows and one level per row."""
+    if not isinstance(pipeline.quantizer, SteppedQuantizer) \
+            or pipeline.transform.id != "identity":
+        raise StageError(f"tensor {name!r}: row steps need the scalar or dq quantizer on the "
+                         f"identity transform, not {pipeline.transform.id} + "
+                         f"{pipeline.quantizer.id}")
+    if pipeline.block_size % rows.length:
+        raise StageError(f"tensor {name!r}: block size {pipeline.block_size} does not hold "
+                         f"whole rows of {rows.length}")
+    if rows.levels.shape != (-(-count // rows.length),):
+        raise StageError(f"tensor {name!r}: {rows.levels.shape[0]} row levels for "
+                         f"{-(-count // rows.length)} rows")
 
 
 def _check_coder_round_trip(coder: Coder, data: Any, symbols: np.ndarray, alphabet: int,

@@ -18,18 +18,30 @@ import numpy as np
 
 from rftpack.errors import StageError
 from rftpack.stages.base import Quantizer
+from rftpack.stages.rans import PROBABILITY_BITS
 
 SAMPLE_SIZE = 1 << 15
+MAX_SAMPLE = 1 << 19
+#: a bits-per-weight target is planned this fraction under, the accuracy of the estimate
+#: (measured on MiniLM: within ±0.05 % of the archive's size), so archives stay within it
+RATE_MARGIN = 1e-3
+#: the rows with finer steps of a tensor with row steps are sampled up to this many weights
+#: (their wide code range sets the coder's table sizes, which a sparse sample misses)
+DENSE_SAMPLE_SIZE = 1 << 18
 
 
 @dataclass(frozen=True)
 class Overhead:
     """Bytes besides payloads, measured on rftpack's own archives: per lossy tensor (container
-    JSON, manifest entry, ZIP headers of two members), per exact tensor, once per archive; and
-    the payload expansion (4/3 for base64 inside the JSON)."""
+    JSON with one block, ZIP headers of two members) and per further block of it (its block
+    record), per exact tensor, per tensor in the manifest (its entry and, under rate control,
+    its importance), once per archive; and the payload expansion (4/3 for base64 inside the
+    JSON)."""
 
     lossy: int = 1200
-    exact: int = 820
+    block: int = 40
+    exact: int = 800
+    manifest_entry: int = 75
     archive: int = 500
     payload_factor: float = 1.0
 
@@ -38,7 +50,8 @@ class Overhead:
         factor = 4 / 3 if payload == "base64" else 1.0
         if layout == "zip":  # JSON members are deflated
             return cls(payload_factor=factor)
-        return cls(lossy=2700, exact=1300, archive=1500, payload_factor=factor)
+        return cls(lossy=2700, block=300, exact=1300, manifest_entry=330, archive=1500,
+                   payload_factor=factor)
 
 
 @dataclass
@@ -55,6 +68,19 @@ class TensorStats:
     #: How much this tensor's squared error counts (equal slope of *weighted* distortion:
     #: its step is Δ / sqrt(weight)).
     weight: float = 1.0
+    #: Row steps: each sampled weight's step multiplier (None: one step for the tensor),
+    #: and how many of the tensor's weights each sampled one stands for (None: all alike).
+    scale: np.ndarray | None = None
+    represents: np.ndarray | None = None
+    #: where each sampled weight is in the flattened tensor (None: every stride-th)
+    positions: np.ndarray | None = None
+    #: the weights of largest magnitude (÷ their step multipliers with row steps) and their
+    #: positions: the sparse tails of the code histogram, which set the coder's table sizes
+    extremes: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    extreme_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: bits per weight the encoder's rounding adds to plain rounding's (calibrated rounding
+    #: trades rate for output error), measured once at a planned step
+    rate_bias: float = 0.0
 
 
 @dataclass
@@ -72,26 +98,160 @@ class RatePlan:
 
 def sample_of(x: np.ndarray) -> np.ndarray:
     flat = np.asarray(x).reshape(-1)
-    stride = max(1, math.ceil(flat.shape[0] / SAMPLE_SIZE))
-    return flat[::stride].astype(np.float64)
+    return flat[::_stride(flat.shape[0])].astype(np.float64)
 
 
-def _estimate(stats: TensorStats, quantizer: Quantizer, block_size: int
+def row_sample(x: np.ndarray, multipliers: np.ndarray, row_length: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(sample, step multipliers, weights each sampled one represents, positions) of a tensor
+    with row steps, stratified: the rows at the most common step strided like
+    :func:`sample_of`, the others (few, finer-stepped and costlier, e.g. frequent tokens)
+    sampled densely, so that their long-tailed codes are in the rate estimate. Memory is the
+    sample's, not the tensor's.
+
+    >>> s, m, r, _ = row_sample(np.arange(8.0), np.array([1.0, 1.0, 1.0, 0.5]), 2)
+    >>> s.tolist(), m.tolist(), float(r.sum())
+    ([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5], 8.0)
+    """
+    flat = np.asarray(x).reshape(-1)
+    n = flat.shape[0]
+    values, counts = np.unique(multipliers, return_counts=True)
+    common = values[np.argmax(counts)]
+    stride = _stride(n)
+    grid = np.arange(0, n, stride)
+    bulk = grid[multipliers[grid // row_length] == common]
+    dense_rows = np.flatnonzero(multipliers != common)
+    dense_count = dense_rows.shape[0] * row_length
+    dense_stride = max(1, math.ceil(dense_count / DENSE_SAMPLE_SIZE))
+    k = np.arange(0, dense_count, dense_stride)
+    dense = dense_rows[k // row_length] * row_length + k % row_length
+    dense = dense[dense < n]  # the last row may be short
+    index = np.concatenate([bulk, dense])
+    represents = np.concatenate([np.full(bulk.shape[0], float(stride)),
+                                 np.full(dense.shape[0], float(dense_stride))])
+    return (flat[index].astype(np.float64), multipliers[index // row_length], represents,
+            index)
+
+
+def _stride(numel: int) -> int:
+    """Sampling stride: SAMPLE_SIZE weights per coder block of 2**20 (the rate of each block
+    is estimated from its own), at most MAX_SAMPLE in all."""
+    blocks = max(1, math.ceil(numel / (1 << 20)))
+    return max(1, math.ceil(numel / min(SAMPLE_SIZE * blocks, MAX_SAMPLE)))
+
+
+def estimate(stats: TensorStats, quantizer: Quantizer, block_size: int
               ) -> tuple[float, float]:
     """(bits, squared error) of quantizing the whole tensor, measured on its sample with the
-    quantizer itself (so centroid shifts, trellis search etc. are all accounted for)."""
-    streams, side = quantizer.quantize(stats.sample, [])
-    symbols = streams["codes"].symbols
-    m = symbols.shape[0]
-    counts = np.bincount(symbols)
-    counts = counts[counts > 0]
-    p = counts / m
-    entropy = float(-(p * np.log2(p)).sum()) + (counts.shape[0] - 1) / (2 * m * math.log(2))
-    blocks = max(1, math.ceil(stats.numel / block_size))
-    table_bits = 8 * 3 * counts.shape[0] * blocks
-    rebuilt = quantizer.dequantize({"codes": symbols}, side, m)
-    error = float(np.mean((stats.sample - rebuilt) ** 2)) * stats.numel
-    return entropy * stats.numel + table_bits, error
+    quantizer itself (so centroid shifts, trellis search etc. are all accounted for). The
+    coder keeps one frequency table per block, so rate is estimated block by block from the
+    sampled weights in each (tensors whose statistics drift, like token tables ordered by
+    vocabulary, cost less than one histogram of the whole would say); blocks with few sampled
+    weights share their neighbour's histogram."""
+    sample = stats.sample if stats.scale is None else stats.sample / stats.scale
+    share = np.ones(sample.shape[0]) if stats.represents is None else stats.represents
+    bits = error = 0.0
+    for chosen, size, tail in _block_groups(stats, sample.shape[0], block_size):
+        streams, side = quantizer.quantize(sample[chosen], [])
+        symbols = streams["codes"].symbols
+        weights = share[chosen]
+        p = np.bincount(symbols, weights=weights)
+        seen = np.flatnonzero(p)
+        p = p[seen] / p.sum()
+        entropy = float(-(p * np.log2(p)).sum()) \
+            + (p.shape[0] - 1) / (2 * symbols.shape[0] * math.log(2))
+        # The largest weights' codes that the sample missed: each distinct one takes a table
+        # entry and, at a frequency of at least 1 in 2**16, probability from the others; each
+        # occurrence costs about 16 bits, not the average rate.
+        if tail.size:
+            tail_codes = quantizer.quantize(stats.extremes[tail], [])[0]["codes"].symbols
+            missed = ~np.isin(tail_codes, seen)
+            unseen = float(np.unique(tail_codes[missed]).shape[0])
+            extra = float(missed.sum()) * max(0.0, PROBABILITY_BITS - entropy)
+        else:
+            unseen = extra = 0.0
+        loss = -math.log2(1.0 - min(0.5, unseen / (1 << PROBABILITY_BITS)))
+        table = 8 * (float(np.sum(1 + _varint_bytes(p * (1 << PROBABILITY_BITS))))
+                     + 2 * unseen)
+        bits += (entropy + loss + stats.rate_bias) * size + extra + table
+        rebuilt = quantizer.dequantize({"codes": symbols}, side, symbols.shape[0])
+        residual = sample[chosen] - rebuilt
+        if stats.scale is not None:
+            residual = residual * stats.scale[chosen]
+        error += float(np.dot(weights, residual ** 2)) / float(weights.sum()) * size
+    return bits, error
+
+
+def _varint_bytes(frequencies: np.ndarray) -> np.ndarray:
+    """LEB128 length of each (at least 1) frequency of a coder table."""
+    f = np.maximum(np.rint(frequencies), 1)
+    return 1 + (f >= 1 << 7) + (f >= 1 << 14)
+
+
+def _block_groups(stats: TensorStats, m: int, block_size: int
+                  ) -> list[tuple[np.ndarray, float, np.ndarray]]:
+    """(sampled weights, weights represented, extremes) per coder block; a block with fewer
+    than 256 sampled weights joins its neighbour (one group of the whole tensor when it has
+    one block)."""
+    everything = np.arange(m)
+    tails = np.arange(stats.extremes.shape[0])
+    if stats.numel <= block_size:
+        return [(everything, float(stats.numel), tails)]
+    positions = stats.positions if stats.positions is not None \
+        else everything * _stride(stats.numel)
+    block_of = positions // block_size
+    tail_block = stats.extreme_positions // block_size
+    groups: list[tuple[np.ndarray, float, np.ndarray]] = []
+    for block in range(math.ceil(stats.numel / block_size)):
+        chosen = np.flatnonzero(block_of == block)
+        size = float(min(block_size, stats.numel - block * block_size))
+        tail = np.flatnonzero(tail_block == block)
+        if groups and (chosen.shape[0] < 256 or groups[-1][0].shape[0] < 256):
+            last = groups.pop()
+            chosen = np.concatenate([last[0], chosen])
+            size += last[1]
+            tail = np.concatenate([last[2], tail])
+        groups.append((chosen, size, tail))
+    return groups
+
+
+#: how many of a tensor's largest weights the first pass keeps, per coder block of 2**20
+EXTREMES = 4096
+
+
+def extremes_of(x: np.ndarray, row_multipliers: np.ndarray | None = None,
+                row_length: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(values, positions) of the EXTREMES weights of largest magnitude in each coder block
+    of 2**20 of flattened ``x`` (divided by their row's multiplier, with row steps); one block
+    at a time, so memory stays a block's.
+
+    >>> extremes_of(np.array([0.1, -3.0, 2.0]))[1].tolist()
+    [0, 1, 2]
+    """
+    flat = np.asarray(x).reshape(-1)
+    values, positions = [], []
+    for start in range(0, flat.shape[0], 1 << 20):
+        chunk = flat[start:start + (1 << 20)].astype(np.float64)
+        if row_multipliers is not None:
+            chunk /= row_multipliers[(np.arange(chunk.shape[0]) + start) // row_length]
+        keep = min(chunk.shape[0], EXTREMES)
+        where = np.sort(np.argpartition(np.abs(chunk), chunk.shape[0] - keep)[-keep:])
+        values.append(chunk[where])
+        positions.append(where + start)
+    if not values:
+        return np.zeros(0), np.zeros(0, np.int64)
+    return np.concatenate(values), np.concatenate(positions)
+
+
+def entropy_bits(codes: np.ndarray) -> float:
+    """Plug-in entropy of integer codes, in bits per code.
+
+    >>> entropy_bits(np.array([0, 0, 1, 1]))
+    1.0
+    """
+    _, counts = np.unique(codes, return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum())
 
 
 def plan(stats: list[TensorStats], quantizer: Quantizer, *, target_bpw: float | None = None,
@@ -115,7 +275,9 @@ def plan(stats: list[TensorStats], quantizer: Quantizer, *, target_bpw: float | 
     weights = sum(s.numel for s in stats)
     overhead = overhead or Overhead()
     fixed_bits = 8 * (overhead.payload_factor * sum(s.exact_bytes for s in stats)
-                      + overhead.archive
+                      + overhead.archive + overhead.manifest_entry * len(stats)
+                      + overhead.block * sum(math.ceil(s.numel / block_size) - 1
+                                             for s in stats if s.lossy)
                       + sum(overhead.lossy if s.lossy else overhead.exact for s in stats))
     signal = sum(s.signal for s in stats)
     if not lossy:
@@ -127,7 +289,7 @@ def plan(stats: list[TensorStats], quantizer: Quantizer, *, target_bpw: float | 
     def totals(step: float) -> tuple[float, float]:
         bits = error = 0.0
         for s in lossy:
-            b, e = _estimate(s, at(step / math.sqrt(s.weight)), block_size)
+            b, e = estimate(s, at(step / math.sqrt(s.weight)), block_size)
             bits += b * overhead.payload_factor
             error += e
         return bits + fixed_bits, error
@@ -141,7 +303,7 @@ def plan(stats: list[TensorStats], quantizer: Quantizer, *, target_bpw: float | 
         steps = {s.name: max(2 * max_rel_error * s.peak, 1e-30) for s in lossy}
         bits = error = 0.0
         for s in lossy:
-            b, e = _estimate(s, at(steps[s.name], centroid=False), block_size)
+            b, e = estimate(s, at(steps[s.name], centroid=False), block_size)
             bits, error = bits + b * overhead.payload_factor, error + e
         return RatePlan(None, steps, (bits + fixed_bits) / weights, _snr(signal, error))
 
@@ -162,7 +324,7 @@ def plan(stats: list[TensorStats], quantizer: Quantizer, *, target_bpw: float | 
         if target_bpw * weights <= fixed_bits:
             raise StageError(f"{target_bpw} bits per weight cannot even hold the exact tensors "
                              f"and containers ({fixed_bits / weights:.3f} bits per weight)")
-        goal, which = target_bpw * weights, 0
+        goal, which = target_bpw * weights * (1 - RATE_MARGIN), 0
     else:
         goal, which = signal / 10 ** (target_snr_db / 10), 1  # type: ignore[operator]
     measured: dict[float, tuple[float, float]] = {}
@@ -180,11 +342,14 @@ def plan(stats: list[TensorStats], quantizer: Quantizer, *, target_bpw: float | 
 
 
 def _root(f, lo: float, hi: float, evaluations: int = 12, tolerance: float = 5e-4) -> float:
-    """The x in [lo, hi] with f(x) ≤ tolerance closest to a root of the monotone f (Illinois
-    method: a handful of evaluations where bisection needs dozens, and evaluations are the
-    costly part). A target may thus be overshot by ``tolerance`` (0.05 % in rate or error)."""
+    """The x in [lo, hi] with f(x) ≤ 0 closest to a root of the monotone f (Illinois method:
+    a handful of evaluations where bisection needs dozens, and evaluations are the costly
+    part), stopping within ``tolerance`` (0.05 % in rate or error) below the root: the
+    estimate never overshoots a target it can meet."""
     f_lo, f_hi = f(lo), f(hi)
-    met = [(x, fx) for x, fx in ((lo, f_lo), (hi, f_hi)) if fx <= tolerance]
+    met = [(x, fx) for x, fx in ((lo, f_lo), (hi, f_hi)) if fx <= 0]
+    if f_lo == 0 or f_hi == 0:  # an end is the root
+        return lo if f_lo == 0 else hi
     if f_lo * f_hi > 0:  # not bracketed: the target lies outside the searched range
         return min(met, key=lambda p: abs(p[1]))[0] if met else min(
             (lo, f_lo), (hi, f_hi), key=lambda p: p[1])[0]
@@ -192,10 +357,10 @@ def _root(f, lo: float, hi: float, evaluations: int = 12, tolerance: float = 5e-
     for _ in range(evaluations):
         x = hi - f_hi * (hi - lo) / (f_hi - f_lo)
         fx = f(x)
-        if fx <= tolerance:
+        if fx <= 0:
             met.append((x, fx))
-        if abs(fx) < tolerance:
-            break
+            if fx > -tolerance:
+                break
         if fx * f_hi > 0:
             hi, f_hi = x, fx
             if side == 1:

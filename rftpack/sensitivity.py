@@ -222,6 +222,41 @@ class Calibration:
     importance: dict[str, float]
     covariances: dict[str, np.ndarray] = field(default_factory=dict)
     heldout_gain: dict[str, float] = field(default_factory=dict)
+    #: per-row weights of the token-embedding table (:func:`token_row_weights`), for
+    #: ``CompressOptions(row_importance=...)``
+    row_importance: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+#: Token rows: weight = (uses in the calibration texts + TOKEN_PRIOR), capped at TOKEN_CAP ×
+#: the mean. The prior keeps unseen tokens (most of the vocabulary) near the mean; the cap
+#: keeps the frequent ones' steps within 1.5 octaves of it (rarely used code ranges cost
+#: coder table entries).
+TOKEN_PRIOR = 2.0
+TOKEN_CAP = 8.0
+
+
+def token_row_weights(network: Any, input_ids: Any, mask: Any = None) -> dict[str, np.ndarray]:
+    """{name of the input-embedding table: one weight per row}: a row's error reaches the
+    output only where its token occurs, so rows count by how often ``input_ids`` (token ids
+    of the calibration texts, padding left out by ``mask``) use them. Empty when the
+    network has no ``get_input_embeddings()`` table among its parameters.
+
+    Example:
+        >>> ids, mask = batch["input_ids"], batch["attention_mask"]    # doctest: +SKIP
+        >>> token_row_weights(model, ids, mask)                       # doctest: +SKIP
+        {'embeddings.word_embeddings.weight': array([2., 2., ..., 2.])}
+    """
+    getter = getattr(network, "get_input_embeddings", None)
+    table = getter() if callable(getter) else None
+    weight = getattr(table, "weight", None)
+    name = next((n for n, p in network.named_parameters() if p is weight), None)
+    if name is None or weight.ndim != 2:
+        return {}
+    ids = input_ids if mask is None else input_ids[mask.bool()]
+    counts = np.bincount(np.asarray(ids.detach().cpu()).reshape(-1),
+                         minlength=weight.shape[0])[:weight.shape[0]].astype(np.float64)
+    rows = counts + TOKEN_PRIOR
+    return {name: np.minimum(rows, TOKEN_CAP * rows.mean())}
 
 
 def _output_error(error: np.ndarray, covariance: np.ndarray) -> float:
@@ -285,7 +320,7 @@ def _text_model(model: str | os.PathLike) -> tuple[Any, Any]:
 
 
 def _embedder(tokenizer: Any, texts: Sequence[str]) -> tuple[Callable[[Any], Any], Any]:
-    """(run = mean-pooled sentence embeddings of ``texts``, attention mask)."""
+    """(run = mean-pooled sentence embeddings of ``texts``, the tokenized batch)."""
     batch = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
     mask = batch["attention_mask"].unsqueeze(-1)
 
@@ -294,7 +329,7 @@ def _embedder(tokenizer: Any, texts: Sequence[str]) -> tuple[Callable[[Any], Any
         weights = mask.to(hidden.dtype)
         return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
 
-    return embed, batch["attention_mask"]
+    return embed, batch
 
 
 def _texts(texts: Sequence[str] | None) -> list[str]:
@@ -312,17 +347,32 @@ def for_text_model(model: str | os.PathLike, texts: Sequence[str] | None = None,
 
     >>> weights = for_text_model("all-MiniLM-L6-v2")                   # doctest: +SKIP
     """
+    return text_model_weights(model, texts, **options).importance
+
+
+def text_model_weights(model: str | os.PathLike, texts: Sequence[str] | None = None,
+                       **options: Any) -> Calibration:
+    """:func:`for_text_model`'s importance weights and the token-embedding table's row
+    weights (:func:`token_row_weights`) on the same texts; no covariances.
+
+    >>> c = text_model_weights("all-MiniLM-L6-v2")                    # doctest: +SKIP
+    >>> sorted(c.row_importance)                                      # doctest: +SKIP
+    ['embeddings.word_embeddings.weight']
+    """
     chosen = _texts(texts)
     network, tokenizer = _text_model(model)
-    embed, _ = _embedder(tokenizer, chosen)
+    embed, batch = _embedder(tokenizer, chosen)
     options.setdefault("distortion", "cosine")
-    return measure(network, embed, **options)
+    return Calibration(measure(network, embed, **options),
+                       row_importance=token_row_weights(network, batch["input_ids"],
+                                                        batch["attention_mask"]))
 
 
 def calibrate_text_model(model: str | os.PathLike, texts: Sequence[str] | None = None,
                          **options: Any) -> Calibration:
     """:func:`for_text_model`'s importance weights plus the input covariances of the linear
-    layers on the same texts (padding positions left out). With 4 texts or more, each linear
+    layers on the same texts (padding positions left out) and the token-embedding table's row
+    weights (:func:`token_row_weights`). With 4 texts or more, each linear
     layer's calibrated rounding is cross-validated over two halves of the texts
     (:func:`heldout_gains`): layers where it does not pay out of sample (gain ≥
     :data:`HELDOUT_KEEP`) are left to plain rounding, and the importance of the others is
@@ -330,20 +380,23 @@ def calibrate_text_model(model: str | os.PathLike, texts: Sequence[str] | None =
 
     >>> c = calibrate_text_model("all-MiniLM-L6-v2")                    # doctest: +SKIP
     >>> rftpack.compress("all-MiniLM-L6-v2", "m.rftp", profile="scalar", target_bpw=5,
-    ...                  importance=c.importance, input_covariance=c.covariances)  # doctest: +SKIP
+    ...                  importance=c.importance, input_covariance=c.covariances,
+    ...                  row_importance=c.row_importance)                 # doctest: +SKIP
     """
     chosen = _texts(texts)
     network, tokenizer = _text_model(model)
-    embed, mask = _embedder(tokenizer, chosen)
+    embed, batch = _embedder(tokenizer, chosen)
     options.setdefault("distortion", "cosine")
     importance = measure(network, embed, **options)
-    covariances = input_covariances(network, embed, row_mask=mask)
+    covariances = input_covariances(network, embed, row_mask=batch["attention_mask"])
+    rows = token_row_weights(network, batch["input_ids"], batch["attention_mask"])
     if len(chosen) < 4:
-        return Calibration(importance, covariances)
+        return Calibration(importance, covariances, row_importance=rows)
     halves = []
     for half in (chosen[0::2], chosen[1::2]):
-        run_half, mask_half = _embedder(tokenizer, half)
-        halves.append(input_covariances(network, run_half, row_mask=mask_half))
+        run_half, batch_half = _embedder(tokenizer, half)
+        halves.append(input_covariances(network, run_half,
+                                        row_mask=batch_half["attention_mask"]))
     weights = {name: p.detach().double().cpu().numpy() for name, p in network.named_parameters()
                if name in covariances}
     gains = heldout_gains(weights, (halves[0], halves[1]))
@@ -351,5 +404,5 @@ def calibrate_text_model(model: str | os.PathLike, texts: Sequence[str] | None =
     floor = options.get("floor", 1e-3)
     importance = {name: (min(max(w * gains[name], floor), 1 / floor) if name in kept else w)
                   for name, w in importance.items()}
-    return Calibration(importance, kept, gains)
+    return Calibration(importance, kept, gains, rows)
 

@@ -82,7 +82,8 @@ def footnotes(result: BenchResult) -> list[str]:
     calibration = result.calibration
     if calibration.get("weights"):
         lines.append(f"(calibrated) rows: as `compress --calibrate` — rate control weighted "
-                     f"by importance, and scalar's linear layers rounded for their outputs, "
+                     f"by importance (the token table's rows by their use in the texts), and "
+                     f"scalar's linear layers rounded for their outputs, "
                      f"measured in {calibration['seconds']:.1f} s on {calibration['texts']} "
                      f"calibration texts that are not the evaluation sentences; that time is "
                      f"not in the encode speed")

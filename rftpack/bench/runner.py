@@ -196,8 +196,11 @@ def _with_calibrated(settings: list[Setting], model_path: Path, workdir: Path,
     importance = measured.importance
     covariances = workdir / "input_covariances.npz"
     np.savez(covariances, **measured.covariances)
+    rows = workdir / "row_weights.npz"
+    np.savez(rows, **measured.row_importance)
     extra = calibrated_settings(importance, str(covariances) if measured.covariances else None,
-                                quick=False)
+                                quick=False,
+                                rows=str(rows) if measured.row_importance else None)
     at = next((i for i, s in enumerate(settings) if s.codec != "rftpack"), len(settings))
     return settings[:at] + extra + settings[at:], {
         "seconds": round(seconds, 2), "texts": len(CALIBRATION_TEXTS),

@@ -97,11 +97,12 @@ def rftpack_settings(quick: bool = False) -> list[Setting]:
 
 
 def calibrated_settings(importance: dict[str, float], covariances: str | None = None,
-                        quick: bool = False) -> list[Setting]:
-    """Every rate-controlled profile again, steered by measured importance weights (and, for
-    ``scalar``, rounded for the linear layers' outputs with the input covariances in the .npz
-    file ``covariances``), as ``rftpack compress --calibrate`` does. The calibration texts
-    are not the evaluation sentences."""
+                        quick: bool = False, rows: str | None = None) -> list[Setting]:
+    """Every rate-controlled profile again, steered by measured importance weights and the
+    token table's row weights (the .npz file ``rows``), and, for ``scalar``, rounded for the
+    linear layers' outputs with the input covariances in the .npz file ``covariances``, as
+    ``rftpack compress --calibrate`` does. The calibration texts are not the evaluation
+    sentences."""
     from rftpack.profiles import PROFILES
 
     if not _has_option("importance"):
@@ -115,6 +116,8 @@ def calibrated_settings(importance: dict[str, float], covariances: str | None = 
                                       "importance": importance}
             if name == "scalar" and covariances and _has_option("input_covariance"):
                 params["input_covariance"] = covariances
+            if rows and _has_option("row_importance"):
+                params["row_importance"] = rows
             settings.append(Setting(f"rftpack {name} (calibrated)", f"target {bpw:g} bpw",
                                     "rftpack", params))
     return settings

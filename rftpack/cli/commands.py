@@ -52,9 +52,10 @@ def compress_options(args: argparse.Namespace) -> CompressOptions:
         max_rel_error=args.max_rel_error, embedding_weight=args.embedding_weight,
     )
     if args.importance:
-        from rftpack.importance import load
+        from rftpack.importance import load, load_rows
 
         options.importance = load(args.importance)
+        options.row_importance = load_rows(args.importance) or None
     if args.calibration_texts and not args.calibrate:
         raise InputError("--calibration-texts goes with --calibrate")
     if args.transform:
@@ -101,14 +102,18 @@ def _calibrate(args: argparse.Namespace, options: CompressOptions, source: str,
                         spinner="dots") if _show(args) else nullcontext():
         calibration = calibrate_text_model(resolve_model(source), texts)
     options.importance = calibration.importance
+    if lossy.transform.id == "identity" and lossy.quantizer.id in ("scalar", "dq"):
+        options.row_importance = calibration.row_importance or None
     if calibration.covariances and (lossy.transform.id, lossy.quantizer.id) == (
             "identity", "scalar"):
         options.input_covariance = calibration.covariances
     if _show(args):
         rounded = (", linear layers rounded for their outputs"
                    if options.input_covariance is not None else "")
+        rows = (", token-embedding rows weighted by use"
+                if options.row_importance is not None else "")
         console.print(f"calibrated in {time.perf_counter() - started:.1f} s "
-                      f"({len(calibration.importance)} tensors weighted{rounded})",
+                      f"({len(calibration.importance)} tensors weighted{rows}{rounded})",
                       highlight=False)
 
 
@@ -335,9 +340,11 @@ def cmd_sensitivity(args: argparse.Namespace, console: Console) -> dict[str, Any
     started = time.perf_counter()
     with console.status("perturbing each tensor and re-embedding the calibration texts",
                         spinner="dots") if _show(args) else nullcontext():
-        weights = sensitivity.for_text_model(model_path, texts, relative_noise=args.noise)
+        measured = sensitivity.text_model_weights(model_path, texts, relative_noise=args.noise)
     seconds = time.perf_counter() - started
-    importance.save(weights, out, distortion="cosine", model=str(model_path),
+    weights = measured.importance
+    importance.save(weights, out, rows=measured.row_importance or None, distortion="cosine",
+                    model=str(model_path),
                     text_count=len(texts or sensitivity.CALIBRATION_TEXTS),
                     relative_noise=args.noise)
     document = {"out": str(out), "tensors": len(weights), "seconds": round(seconds, 2),

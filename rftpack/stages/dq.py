@@ -21,7 +21,7 @@ import numpy as np
 
 from rftpack.errors import StageError
 from rftpack.stages.base import Codes
-from rftpack.stages.scalar import MAX_CODE, SteppedQuantizer, unzigzag, zigzag
+from rftpack.stages.scalar import MAX_CODE, RowSteps, SteppedQuantizer, unzigzag, zigzag
 
 TRANS = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int8)
 
@@ -156,9 +156,10 @@ class DependentQuantizer(SteppedQuantizer):
         if not isinstance(self.chain, int) or not 1 <= self.chain <= 1 << 16:
             raise StageError(f"dq: chain must be an integer in [1, 65536], got {self.chain!r}")
 
-    def quantize(self, coefficients: np.ndarray, bands: list[tuple[int, int]]
-                 ) -> tuple[dict[str, Codes], dict[str, Any]]:
-        x = np.real(coefficients).astype(np.float64, copy=False)
+    def quantize(self, coefficients: np.ndarray, bands: list[tuple[int, int]],
+                 rows: RowSteps | None = None) -> tuple[dict[str, Codes], dict[str, Any]]:
+        x, row_stream, row_side = self.scaled_input(
+            np.real(coefficients).astype(np.float64, copy=False), rows)
         peak = float(np.max(np.abs(x))) if x.size else 0.0
         step = max(self.block_step(x), 2.0 * peak / MAX_CODE, np.finfo(np.float64).tiny)
         scaled = x / step
@@ -166,9 +167,12 @@ class DependentQuantizer(SteppedQuantizer):
             np.zeros(0, np.int64)
         symbols = zigzag(k)
         alphabet = int(symbols.max()) + 1 if symbols.size else 1
-        return {"codes": Codes(symbols, alphabet)}, {"step": step, "alphabet": alphabet}
+        return ({"codes": Codes(symbols, alphabet), **row_stream},
+                {"step": step, "alphabet": alphabet, **row_side})
 
     def dequantize(self, streams: dict[str, np.ndarray], side: dict[str, Any], count: int,
                    refine: Any = None) -> np.ndarray:
         step, codes = self.checked_codes(streams, side, count)
-        return replay(unzigzag(codes), self.chain) * step
+        values = replay(unzigzag(codes), self.chain) * step
+        multipliers = self.row_multipliers(streams, side, count)
+        return values if multipliers is None else values * multipliers

@@ -8,6 +8,11 @@ transform (the ``scalar`` profile).
 max|x| / 32000 if needed so every code fits a 16-bit alphabet. δ₁, δ₂ (the mean distance of
 the weights from their reconstruction levels, toward zero) are measured per block and stored
 in the side info: a free gain where weights are peaked around zero.
+
+**Row steps** (``scalar`` and ``dq``): a block may give each row of ``row_length`` weights
+its own step Δ · 2^(−ℓ/4), ℓ ∈ [0, 63] the row's level (one symbol per row in the stream
+``row_levels``). Rate control uses them where rows matter unequally, e.g. the rows of a
+token-embedding table by how often their tokens occur (:class:`RowSteps`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,48 @@ from rftpack.errors import FormatError, StageError
 from rftpack.stages.base import Codes, Quantizer
 
 MAX_CODE = 32000
+#: row levels per octave of step, and the number of levels
+ROW_LEVELS_PER_OCTAVE = 4
+ROW_LEVELS = 64
+
+
+@dataclass(frozen=True)
+class RowSteps:
+    """Per-row step levels for a block that starts at a row boundary: row r's step is
+    Δ · 2^(−levels[r] / 4), rows of ``length`` weights (the last one may be cut short).
+
+    Example:
+        >>> RowSteps(np.array([0, 4], np.uint8), 2).multipliers(4).tolist()
+        [1.0, 1.0, 0.5, 0.5]
+    """
+
+    levels: np.ndarray
+    length: int
+
+    def per_row(self) -> np.ndarray:
+        """Each row's step multiplier, 2^(−level/4)."""
+        return np.exp2(-self.levels.astype(np.float64) / ROW_LEVELS_PER_OCTAVE)
+
+    def multipliers(self, count: int) -> np.ndarray:
+        """Each of ``count`` weights' step multiplier."""
+        return self.per_row()[np.arange(count) // self.length]
+
+    @staticmethod
+    def from_weights(weights: np.ndarray) -> tuple[np.ndarray, float]:
+        """(levels, base multiplier) for relative row weights (how much each row's squared
+        error counts; normalised to mean 1 here): row r's step is the tensor's step ×
+        base × 2^(−levels[r]/4) ≈ the tensor's step / √weight[r] (equal slope). Rows more
+        than 63 levels (15.75 octaves of step) below the finest share the coarsest level.
+
+        >>> levels, base = RowSteps.from_weights(np.array([1.0, 1.0, 16.0]))
+        >>> levels.tolist(), round(base, 3)
+        ([0, 0, 8], 2.378)
+        """
+        w = np.asarray(weights, np.float64)
+        exponents = np.rint(2.0 * np.log2(w / w.mean())).astype(np.int64)
+        lowest = max(int(exponents.min()), int(exponents.max()) - (ROW_LEVELS - 1))
+        levels = np.maximum(exponents - lowest, 0).astype(np.uint8)
+        return levels, float(np.exp2(-lowest / ROW_LEVELS_PER_OCTAVE))
 
 
 def zigzag(q: np.ndarray) -> np.ndarray:
@@ -69,7 +116,48 @@ class SteppedQuantizer(Quantizer):
         alphabet = side.get("alphabet")
         if not isinstance(alphabet, int) or not 1 <= alphabet <= 2 * MAX_CODE + 1:
             raise FormatError(f"{self.id}: side.alphabet must be in [1, {2 * MAX_CODE + 1}]")
-        return {"codes": alphabet}
+        if "row_length" not in side:
+            return {"codes": alphabet}
+        levels = side.get("row_levels")
+        if isinstance(levels, bool) or not isinstance(levels, int) \
+                or not 1 <= levels <= ROW_LEVELS:
+            raise FormatError(f"{self.id}: side.row_levels must be in [1, {ROW_LEVELS}]")
+        return {"codes": alphabet, "row_levels": levels}
+
+    def scaled_input(self, x: np.ndarray, rows: RowSteps | None
+                     ) -> tuple[np.ndarray, dict[str, Codes], dict[str, Any]]:
+        """(x divided by its row multipliers, the row-level stream, its side info) — x itself
+        and nothing when the block has no row steps."""
+        if rows is None:
+            return x, {}, {}
+        if not isinstance(rows.length, int) or rows.length < 1 \
+                or rows.levels.shape != (-(-x.shape[0] // rows.length),):
+            raise StageError(f"{self.id}: {rows.levels.shape} row levels do not cover "
+                             f"{x.shape[0]} weights in rows of {rows.length}")
+        if rows.levels.size and (rows.levels.dtype.kind not in "ui"
+                                 or int(rows.levels.min()) < 0
+                                 or int(rows.levels.max()) >= ROW_LEVELS):
+            raise StageError(f"{self.id}: row levels must be integers in [0, {ROW_LEVELS})")
+        levels = rows.levels.astype(np.uint8)
+        multipliers = RowSteps(levels, rows.length).multipliers(x.shape[0])
+        alphabet = int(levels.max()) + 1 if levels.size else 1
+        return (x / multipliers, {"row_levels": Codes(levels, alphabet)},
+                {"row_length": rows.length, "row_levels": alphabet})
+
+    def row_multipliers(self, streams: dict[str, np.ndarray], side: dict[str, Any],
+                        count: int) -> np.ndarray | None:
+        """The decoded block's per-weight step multipliers (None without row steps)."""
+        if "row_length" not in side:
+            return None
+        length = side["row_length"]
+        if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= 1 << 62:
+            raise FormatError(f"{self.id}: side.row_length must be a positive integer")
+        levels = streams.get("row_levels")
+        if levels is None or levels.shape != (-(-count // length),):
+            raise FormatError(f"{self.id}: expected {-(-count // length)} row levels")
+        if levels.size and int(levels.max()) >= self.stream_alphabets(side)["row_levels"]:
+            raise FormatError(f"{self.id}: row level outside its alphabet")
+        return RowSteps(levels, length).multipliers(count)
 
     def checked_codes(self, streams: dict[str, np.ndarray], side: dict[str, Any],
                       count: int) -> tuple[float, np.ndarray]:
@@ -93,7 +181,7 @@ class ScalarQuantizer(SteppedQuantizer):
         >>> q = ScalarQuantizer(step=0.1)
         >>> streams, side = q.quantize(np.array([0.0, 0.26, -0.31]), [])
         >>> np.round(q.dequantize({"codes": streams["codes"].symbols}, side, 3), 2).tolist()
-        [0.0, 0.3, -0.3]
+        [0.0, 0.28, -0.28]
     """
 
     id: ClassVar[str] = "scalar"
@@ -104,9 +192,10 @@ class ScalarQuantizer(SteppedQuantizer):
         if not isinstance(self.centroid, bool):
             raise StageError("scalar: centroid must be true or false")
 
-    def quantize(self, coefficients: np.ndarray, bands: list[tuple[int, int]]
-                 ) -> tuple[dict[str, Codes], dict[str, Any]]:
-        x = np.real(coefficients).astype(np.float64, copy=False)
+    def quantize(self, coefficients: np.ndarray, bands: list[tuple[int, int]],
+                 rows: RowSteps | None = None) -> tuple[dict[str, Codes], dict[str, Any]]:
+        x, row_stream, row_side = self.scaled_input(
+            np.real(coefficients).astype(np.float64, copy=False), rows)
         peak = float(np.max(np.abs(x))) if x.size else 0.0
         step = max(self.block_step(x), peak / MAX_CODE, np.finfo(np.float64).tiny)
         scaled = x / step
@@ -119,8 +208,8 @@ class ScalarQuantizer(SteppedQuantizer):
                     offsets[i] = float(np.clip(distance[mask].mean(), -0.5, 0.5))
         symbols = zigzag(q)
         alphabet = int(symbols.max()) + 1 if symbols.size else 1
-        side = {"step": step, "offsets": offsets, "alphabet": alphabet}
-        return {"codes": Codes(symbols, alphabet)}, side
+        side = {"step": step, "offsets": offsets, "alphabet": alphabet, **row_side}
+        return {"codes": Codes(symbols, alphabet), **row_stream}, side
 
     def dequantize(self, streams: dict[str, np.ndarray], side: dict[str, Any], count: int,
                    refine: Any = None) -> np.ndarray:
@@ -135,4 +224,5 @@ class ScalarQuantizer(SteppedQuantizer):
         magnitude = np.abs(q).astype(np.float64)
         shift = np.where(magnitude == 1, offsets[0], np.where(magnitude >= 2, offsets[1], 0.0))
         table = np.sign(q) * (magnitude - shift) * step
-        return table[codes]
+        multipliers = self.row_multipliers(streams, side, count)
+        return table[codes] if multipliers is None else table[codes] * multipliers
