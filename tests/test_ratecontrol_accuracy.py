@@ -225,7 +225,9 @@ def test_stride_gives_sample_size_per_block_up_to_max_sample(numel: int) -> None
 def test_extremes_are_the_largest_magnitudes_in_position_order() -> None:
     x = np.random.default_rng(3).standard_t(3, size=50_000).astype(np.float32)
     values, positions = extremes_of(x)
-    assert values.shape == positions.shape == (EXTREMES,)
+    # about EXTREMES: those above the matching quantile of every 8th weight
+    assert values.shape == positions.shape
+    assert 0.9 * EXTREMES <= values.shape[0] <= 1.1 * EXTREMES
     assert values.dtype == np.float64 and positions.dtype.kind == "i"
     assert np.all(np.diff(positions) > 0)
     assert np.array_equal(values, x[positions].astype(np.float64))
@@ -235,14 +237,13 @@ def test_extremes_are_the_largest_magnitudes_in_position_order() -> None:
 def test_extremes_are_kept_per_coder_block_of_a_million() -> None:
     x = np.random.default_rng(4).normal(size=(1 << 20) + 1000)
     values, positions = extremes_of(x)
-    # EXTREMES from the first block of 2**20, all 1,000 of the short second one
-    assert values.shape == (EXTREMES + 1000,)
+    # about EXTREMES from the first block of 2**20, all 1,000 of the short second one
     assert np.array_equal(values, x[positions])
     first = positions[positions < 1 << 20]
-    assert first.shape == (EXTREMES,)
+    assert 0.9 * EXTREMES <= first.shape[0] <= 1.1 * EXTREMES
     rest = np.delete(x[:1 << 20], first)
     assert np.min(np.abs(x[first])) >= np.max(np.abs(rest))
-    assert np.array_equal(positions[EXTREMES:], np.arange(1 << 20, (1 << 20) + 1000))
+    assert np.array_equal(positions[first.shape[0]:], np.arange(1 << 20, (1 << 20) + 1000))
 
 
 def test_extremes_of_small_and_empty_arrays() -> None:

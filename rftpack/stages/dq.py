@@ -144,6 +144,7 @@ class DependentQuantizer(SteppedQuantizer):
     """
 
     id: ClassVar[str] = "dq"
+    index_step: ClassVar[float] = 2.0
     rel_step: float = 0.06
     chain: int = 64
     lam: float = 0.25

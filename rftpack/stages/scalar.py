@@ -94,6 +94,8 @@ class SteppedQuantizer(Quantizer):
 
     step: float = 0.0
     rel_step: float = 0.05
+    #: spacing of one quantizer's levels, in steps (a code's index counts levels of it)
+    index_step: ClassVar[float] = 1.0
 
     def __post_init__(self) -> None:
         for name in ("step", "rel_step"):
