@@ -161,13 +161,13 @@ def test_the_calibration_feeds_calibrated_levels() -> None:
 # -- text encoders ---------------------------------------------------------------------------
 
 
-def test_there_are_forty_unique_calibration_texts_apart_from_the_benchmarks() -> None:
+def test_there_are_eighty_unique_calibration_texts_apart_from_the_benchmarks() -> None:
     from rftpack.bench.models import SENTENCES
 
     texts = sensitivity.CALIBRATION_TEXTS
-    assert len(texts) == 40
+    assert len(texts) == 80
     assert all(isinstance(t, str) and t.strip() == t and t for t in texts)
-    assert len({t.lower() for t in texts}) == 40
+    assert len({t.lower() for t in texts}) == 80
     assert not {t.lower() for t in texts} & {s.strip().lower() for s in SENTENCES}
 
 

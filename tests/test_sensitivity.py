@@ -227,7 +227,7 @@ def test_cosine_ignores_a_pure_change_of_scale() -> None:
 def test_calibration_texts_are_not_the_benchmark_sentences() -> None:
     from rftpack.bench.models import SENTENCES
 
-    assert len(sensitivity.CALIBRATION_TEXTS) == 40
+    assert len(sensitivity.CALIBRATION_TEXTS) == 80
     assert len(set(sensitivity.CALIBRATION_TEXTS)) == len(sensitivity.CALIBRATION_TEXTS)
     normalise = {s.strip().lower() for s in SENTENCES}
     assert not normalise & {s.strip().lower() for s in sensitivity.CALIBRATION_TEXTS}

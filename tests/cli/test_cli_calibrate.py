@@ -65,7 +65,7 @@ def test_calibrate_scalar_end_to_end(tiny_bert_dir: Path, tmp_path: Path, capsys
     assert measured == []  # no --calibrate, no measuring
     assert main([*base, "-o", str(calibrated), "--calibrate", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)  # --json: nothing else on stdout
-    assert len(measured) == 1 and measured[0]["texts"] is None  # the 40 built-in texts
+    assert len(measured) == 1 and measured[0]["texts"] is None  # the 80 built-in texts
     assert measured[0]["model"] == tiny_bert_dir
     assert 8 * report["archive_bytes"] / report["metrics"]["weights"] <= float(BPW) * 1.05
 
@@ -213,7 +213,7 @@ def test_compress_help_documents_calibrate(capsys) -> None:
     assert exit_info.value.code == 0
     out = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
     assert "--calibrate" in out and "--calibration-texts FILE" in out
-    assert "40 built-in sentences" in out
+    assert "80 built-in sentences" in out
 
 
 @pytest.mark.parametrize("extra", [["--profile", "hybrid"], ["--profile", "scalar",
