@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
+from scalar_archives import TARGET, compress, restored
 
 import rftpack
 from rftpack.calibrated import calibrated_levels
@@ -17,7 +18,6 @@ from rftpack.errors import InputError, StageError
 
 LIN, OTHER, BIAS = "model.lin.weight", "model.other.weight", "model.lin.bias"
 OUT, IN = 128, 192
-TARGET = 4.0
 
 
 class Inputs:
@@ -49,18 +49,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
     save_file(tensors, str(source))
     covariance = calibration.T @ calibration / len(calibration)
     return source, tensors, covariance, held_out
-
-
-def compress(source: Path, out: Path, **settings) -> rftpack.api.CompressResult:
-    settings.setdefault("profile", "scalar")
-    settings.setdefault("target_bpw", TARGET)
-    return rftpack.compress(source, out, **settings)
-
-
-def restored(archive: Path) -> dict[str, np.ndarray]:
-    out = archive.with_suffix(".safetensors")
-    rftpack.extract(archive, out, overwrite=True)
-    return load_file(str(out))
 
 
 def output_error(w: np.ndarray, q: np.ndarray, x: np.ndarray) -> float:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
+from scalar_archives import TARGET, compress, restored
 
 import rftpack
 from rftpack import importance
@@ -21,7 +22,6 @@ from rftpack.stages.scalar import RowSteps
 
 EMB, OTHER, BIAS = "model.emb.weight", "model.other.weight", "model.other.bias"
 ROWS, WIDTH, HEAVY = 512, 64, 32
-TARGET = 4.0
 
 
 def row_weights() -> np.ndarray:
@@ -40,18 +40,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.
     source = tmp_path_factory.mktemp("rows") / "m.safetensors"
     save_file(tensors, str(source))
     return source, tensors
-
-
-def compress(source: Path, out: Path, **settings) -> rftpack.api.CompressResult:
-    settings.setdefault("profile", "scalar")
-    settings.setdefault("target_bpw", TARGET)
-    return rftpack.compress(source, out, **settings)
-
-
-def restored(archive: Path) -> dict[str, np.ndarray]:
-    out = archive.with_suffix(".safetensors")
-    rftpack.extract(archive, out, overwrite=True)
-    return load_file(str(out))
 
 
 def bpw(result) -> float:
