@@ -377,12 +377,15 @@ def pipeline_of(container: dict[str, Any]) -> LossyPipeline | ExactPipeline:
         if not isinstance(record, dict) or not isinstance(record.get("kind"), str):
             raise FormatError(f"stage record must be an object with a 'kind': {record!r}")
     stages = [stage_from_config(r["kind"], r) for r in records]
-    for record, stage in zip(records, stages, strict=True):
+    for index, (record, stage) in enumerate(zip(records, stages, strict=True)):
         version = record.get("format_version", 1)
         if not isinstance(version, int) or version > stage.format_version:
             raise StageError(f"{stage.kind} stage {stage.id!r} wrote format version {version}, "
                              f"but the installed one reads up to {stage.format_version}: upgrade "
                              f"the package {record.get('provider', 'rftpack')!r}")
+        if version < 1:
+            raise FormatError(f"stage format_version must be ≥ 1, got {version}")
+        stages[index] = stage.for_format_version(version)
     block_size = container.get("block_size")
     if not isinstance(block_size, int) or not 1 <= block_size <= MAX_BLOCK_SIZE:
         raise FormatError(f"block_size must be an integer in [1, {MAX_BLOCK_SIZE}]")

@@ -18,7 +18,7 @@ import numpy as np
 
 from rftpack.errors import StageError
 from rftpack.stages.base import Quantizer
-from rftpack.stages.rans import PROBABILITY_BITS
+from rftpack.stages.rans import table_bytes
 from rftpack.stages.scalar import ScalarQuantizer, SteppedQuantizer, zigzag
 
 SAMPLE_SIZE = 1 << 15
@@ -162,18 +162,12 @@ def estimate(stats: TensorStats, quantizer: Quantizer, block_size: int
         entropy = float(-(p * np.log2(p)).sum()) \
             + (p.shape[0] - 1) / (2 * symbols.shape[0] * math.log(2))
         # The largest weights' codes that the sample missed: each distinct one takes a table
-        # entry and, at a frequency of at least 1 in 2**16, probability from the others; each
-        # occurrence costs about 16 bits, not the average rate.
-        if tail.size:
-            tail_codes = _tail_codes(quantizer, stats.extremes[tail], side)
-            missed = ~np.isin(tail_codes, seen)
-            unseen = float(np.unique(tail_codes[missed]).shape[0])
-            extra = float(missed.sum()) * max(0.0, PROBABILITY_BITS - entropy)
-        else:
-            unseen = extra = 0.0
-        loss = -math.log2(1.0 - min(0.5, unseen / (1 << PROBABILITY_BITS)))
-        table = 8 * (float(np.sum(1 + _varint_bytes(p * (1 << PROBABILITY_BITS))))
-                     + 2 * unseen)
+        # entry and each occurrence costs its own information, not the average rate.
+        rare, rare_counts = _missed_tail(quantizer, stats.extremes[tail], side, seen)
+        extra = float(np.sum(rare_counts * np.maximum(
+            0.0, np.log2(size / np.maximum(rare_counts, 1)) - entropy)))
+        loss = -math.log2(1.0 - min(0.5, float(rare_counts.sum()) / size))
+        table = 8.0 * _table_bytes(seen, p * size, rare, rare_counts)
         bits += (entropy + loss + stats.rate_bias) * size + extra + table
         rebuilt = quantizer.dequantize({"codes": symbols}, side, symbols.shape[0])
         residual = sample[chosen] - rebuilt
@@ -183,19 +177,29 @@ def estimate(stats: TensorStats, quantizer: Quantizer, block_size: int
     return bits, error
 
 
-def _tail_codes(quantizer: Quantizer, extremes: np.ndarray, side: dict) -> np.ndarray:
-    """The symbols the largest weights get: by rounding at the spacing of one quantizer's
-    levels for ``scalar``/``dq`` (a trellis search per call would cost more than the rest of
-    the estimate), else from the quantizer itself."""
+def _missed_tail(quantizer: Quantizer, extremes: np.ndarray, side: dict, seen: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(symbols, occurrences) of the largest weights' codes that the sample did not see: by
+    rounding at the spacing of one quantizer's levels for ``scalar``/``dq`` (a trellis search
+    per call would cost more than the rest of the estimate), else from the quantizer itself."""
+    if not extremes.size:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     if isinstance(quantizer, SteppedQuantizer) and isinstance(side.get("step"), float):
-        return zigzag(np.rint(extremes / (side["step"] * quantizer.index_step)))
-    return quantizer.quantize(extremes, [])[0]["codes"].symbols
+        codes = zigzag(np.rint(extremes / (side["step"] * quantizer.index_step)))
+    else:
+        codes = quantizer.quantize(extremes, [])[0]["codes"].symbols
+    return np.unique(codes[~np.isin(codes, seen)], return_counts=True)
 
 
-def _varint_bytes(frequencies: np.ndarray) -> np.ndarray:
-    """LEB128 length of each (at least 1) frequency of a coder table."""
-    f = np.maximum(np.rint(frequencies), 1)
-    return 1 + (f >= 1 << 7) + (f >= 1 << 14)
+def _table_bytes(seen: np.ndarray, expected: np.ndarray, rare: np.ndarray,
+                 rare_counts: np.ndarray) -> float:
+    """Bytes of the coder's table for a block with ``expected`` counts of the ``seen`` symbols
+    and ``rare_counts`` of the ``rare`` ones."""
+    symbols = np.concatenate([seen, rare]).astype(np.int64)
+    counts = np.zeros(int(symbols.max()) + 1 if symbols.size else 1)
+    counts[seen] = np.maximum(expected, 1e-300)
+    counts[rare] = rare_counts
+    return float(table_bytes(counts, approximate=True))
 
 
 def _block_groups(stats: TensorStats, m: int, block_size: int

@@ -41,6 +41,11 @@ class Stage:
     def to_config(self) -> dict[str, Any]:
         return {"name": self.id, "configuration": dataclasses.asdict(self)}
 
+    def for_format_version(self, version: int) -> Stage:
+        """The stage that reads what this one wrote at ``version`` (≤ ``format_version``):
+        a stage whose bytes changed returns a reader of the older layout."""
+        return self
+
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Stage:
         """Rebuild a stage from ``{"name": id, "configuration": {...}}`` (unknown keys: error)."""

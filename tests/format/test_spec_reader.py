@@ -20,7 +20,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import zstandard
-from conftest import VARIANTS
+from conftest import VARIANTS, archive_documents
 
 import rftpack
 
@@ -70,10 +70,9 @@ def symbol_dtype(alphabet: int) -> np.dtype:
     return np.dtype("<u8")
 
 
-def rans_decode(data: bytes, count: int, alphabet: int) -> np.ndarray:
+def _rans_table_v1(data: bytes, alphabet: int) -> tuple[list[int], int, int]:
+    """§7.1.1: (frequencies summing to 2^16, distinct symbols, end of the table)."""
     distinct, pos = read_varint(data, 0)
-    if count == 0 or distinct == 0:
-        return np.zeros(0, np.int64)
     freq = [0] * alphabet
     symbol = -1
     for _ in range(distinct):
@@ -81,13 +80,76 @@ def rans_decode(data: bytes, count: int, alphabet: int) -> np.ndarray:
         f, pos = read_varint(data, pos)
         symbol += gap + 1
         freq[symbol] = f
-    assert sum(freq) == 1 << 16
+    assert distinct == 0 or sum(freq) == 1 << 16
+    return freq, distinct, pos
+
+
+# round(2^(32 − j/8)), j = 0 … 7 (§7.1)
+POWERS = [4294967296, 3938502376, 3611622603, 3311872529, 3037000500, 2784941738,
+          2553802834, 2341847524]
+
+
+def _rans_table_v2(data: bytes, alphabet: int) -> tuple[list[int], int, int]:
+    """§7.1: (frequencies summing to 2^24, distinct symbols, end of the table)."""
+    runs, pos = read_varint(data, 0)
+    symbols, end = [], 0
+    for _ in range(runs):
+        gap, pos = read_varint(data, pos)
+        length, pos = read_varint(data, pos)
+        symbols += range(end + gap, end + gap + length)
+        end += gap + length
+    d = len(symbols)
+    if d == 0:
+        return [0] * alphabet, 0, pos
+    nibbles = []
+    for byte in data[pos:pos + (d + 1) // 2]:
+        nibbles += [byte & 15, byte >> 4]
+    pos += (d + 1) // 2
+    z = nibbles[:d]
+    for i in range(d):  # escape bytes, in symbol order
+        if z[i] == 15:
+            z[i] += data[pos]
+            pos += 1
+    for i in range(d):  # then a uint16 for each escape byte that was 255
+        if z[i] == 15 + 255:
+            z[i] += int.from_bytes(data[pos:pos + 2], "little")
+            pos += 2
+    levels, level = [], 0
+    for zi in z:
+        level += zi // 2 if zi % 2 == 0 else -(zi + 1) // 2
+        assert 0 <= level <= 192
+        levels.append(level)
+    weights = [POWERS[v % 8] >> (v // 8) for v in levels]
+    total = sum(weights)
+    f = [max(1, w * (1 << 24) // total) for w in weights]
+    order = sorted(range(d), key=lambda i: (-weights[i], i))  # most frequent first
+    deficit = (1 << 24) - sum(f)
+    if deficit > 0:
+        f[order[0]] += deficit
+    k = 0
+    while deficit < 0:
+        i = order[k % d]
+        take = min(-deficit, f[i] - 1)
+        f[i] -= take
+        deficit += take
+        k += 1
+    freq = [0] * alphabet
+    for symbol, fi in zip(symbols, f, strict=True):
+        freq[symbol] = fi
+    return freq, d, pos
+
+
+def rans_decode(data: bytes, count: int, alphabet: int, version: int = 2) -> np.ndarray:
+    freq, distinct, pos = (_rans_table_v1 if version == 1 else _rans_table_v2)(data, alphabet)
+    total_bits = 16 if version == 1 else 24
+    if count == 0 or distinct == 0:
+        return np.zeros(0, np.int64)
     if distinct == 1:
-        return np.full(count, symbol, np.int64)
-    # The 24-bit table the coder used: cdf[i] = floor(F_i * (2^24 - A) / 2^16) + i.
+        return np.full(count, max(i for i, f in enumerate(freq) if f), np.int64)
+    # The 24-bit table the coder used: cdf[i] = floor(F_i * (2^24 - A) / 2^T) + i.
     cdf, running = [], 0
     for i in range(alphabet):
-        cdf.append((running * ((1 << 24) - alphabet) >> 16) + i)
+        cdf.append((running * ((1 << 24) - alphabet) >> total_bits) + i)
         running += freq[i]
     cdf.append(1 << 24)
     words = np.frombuffer(data[pos:], "<u4").tolist()
@@ -238,6 +300,11 @@ def decode_v2(members: Members, entry: dict, predictor) -> np.ndarray:
 
     stages = c["stages"]
     coder = CODERS.get(stages[-1]["name"])
+    if stages[-1]["name"] == "rans":
+        version = stages[-1].get("format_version", 1)
+
+        def coder(data: bytes, count: int, alphabet: int) -> np.ndarray:
+            return rans_decode(data, count, alphabet, version)
     numel = math.prod(c["original_shape"])
     out = np.empty(numel, dtype)
     start = 0
@@ -462,24 +529,35 @@ def test_inverse_rft_formula():
                                    x, atol=1e-12)
 
 
-# FORMAT.md §13, byte for byte.
+# FORMAT.md §13, byte for byte: (coder, format version, alphabet, symbols, segment, written
+# by today's encoder — else decode only)
 VECTORS = [
-    ("rans", 4, [0, 1, 1, 3, 1], "03 00 b3 66 00 9a b3 02 01 b3 66 05 01 00 0d"),
-    ("rans", 4, [2, 2, 2], "01 02 80 80 04"),
-    ("rans", 4, [], "00"),
-    ("raw", 8, [5, 0, 7, 2, 1], "c5 15"),
-    ("raw", 2, [1, 0, 1, 1, 0, 0, 0, 1, 1, 1], "8d 03"),
+    ("rans", 2, 4, [0, 1, 1, 3, 1], "02 00 02 01 01 1e 0e 8b 8a 09 1f", True),
+    ("rans", 2, 4, [2, 2, 2], "01 02 01 00", True),
+    ("rans", 2, 4, [], "00", True),
+    ("rans", 2, 4, [2, 2, 2], "01 02 01 0f 01", False),  # an escape byte: z = 16, level 8
+    ("rans", 2, 4, [2, 2, 2], "01 02 01 0f ff 00 00", False),  # a wide escape: level 135
+    ("rans", 1, 4, [0, 1, 1, 3, 1], "03 00 b3 66 00 9a b3 02 01 b3 66 05 01 00 0d", False),
+    ("rans", 1, 4, [2, 2, 2], "01 02 80 80 04", False),
+    ("rans", 1, 4, [], "00", False),
+    ("raw", 1, 8, [5, 0, 7, 2, 1], "c5 15", True),
+    ("raw", 1, 2, [1, 0, 1, 1, 0, 0, 0, 1, 1, 1], "8d 03", True),
 ]
 
 
-@pytest.mark.parametrize(("coder", "alphabet", "symbols", "hex_bytes"), VECTORS)
-def test_format_md_test_vectors(coder, alphabet, symbols, hex_bytes):
+@pytest.mark.parametrize(("coder", "version", "alphabet", "symbols", "hex_bytes", "written"),
+                         VECTORS)
+def test_format_md_test_vectors(coder, version, alphabet, symbols, hex_bytes, written):
     from rftpack.plugins import get_stage
 
-    stage = get_stage("coder", coder)()
-    data = stage.encode(np.array(symbols, np.uint8), alphabet)
-    assert data.hex(" ") == hex_bytes
-    assert CODERS[coder](data, len(symbols), alphabet).tolist() == symbols
+    stage = get_stage("coder", coder)().for_format_version(version)
+    data = bytes.fromhex(hex_bytes)
+    if written:
+        assert stage.encode(np.array(symbols, np.uint8), alphabet).hex(" ") == hex_bytes
+    assert stage.decode(data, len(symbols), alphabet).tolist() == symbols
+    read = (rans_decode(data, len(symbols), alphabet, version) if coder == "rans"
+            else CODERS[coder](data, len(symbols), alphabet))
+    assert read.tolist() == symbols
 
 
 def test_format_md_byte_shuffle_vector():
@@ -529,3 +607,40 @@ def test_newer_stage_format_version_is_refused(format_archives, tmp_path):
     with rftpack.open(path) as archive, pytest.raises(StageError) as info:
         archive.get_tensor(name)
     assert "format version 2" in str(info.value) and "'rftpack'" in str(info.value)
+
+
+def test_new_archives_record_rans_format_version_2(format_archives):
+    container = next(doc for name, doc in archive_documents(format_archives["dir-binary"]).items()
+                     if name.startswith("tensors/") and doc["codec"]["mode"] == "hybrid")
+    assert container["stages"][2]["name"] == "rans"
+    assert container["stages"][2]["format_version"] == 2
+
+
+def test_stage_format_version_below_1_is_refused(format_archives, tmp_path):
+    from rftpack.errors import FormatError
+
+    def edit(container):
+        container["stages"][2]["format_version"] = 0
+
+    path, name = _container_with(format_archives, tmp_path, edit)
+    with rftpack.open(path) as archive, pytest.raises(FormatError, match="format_version"):
+        archive.get_tensor(name)
+
+
+def test_rans_version_1_record_reads_version_1_bytes(format_archives, tmp_path):
+    """A version 1 record makes the reader parse §7.1.1 tables: the (version 2) bytes of a
+    current archive under a version 1 record are refused or misread, never silently equal."""
+    from rftpack.errors import RftpackError
+
+    def edit(container):
+        container["stages"][2]["format_version"] = 1
+
+    path, name = _container_with(format_archives, tmp_path, edit)
+    with rftpack.open(format_archives["dir-binary"]) as archive:
+        good = archive.get_tensor(name)
+    with rftpack.open(path) as archive:
+        try:
+            misread = archive.get_tensor(name)
+        except RftpackError:
+            return
+    assert not np.array_equal(misread, good)

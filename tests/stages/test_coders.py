@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 from rftpack.errors import FormatError, RftpackError, StageError
 from rftpack.stages._varint import read_varint, write_varint
 from rftpack.stages.base import symbol_dtype
-from rftpack.stages.rans import MAX_ALPHABET, RansCoder, quantize_frequencies
+from rftpack.stages.rans import (
+    MAX_ALPHABET,
+    MAX_LEVEL,
+    TABLE_BITS,
+    RansCoder,
+    level_frequencies,
+    levels_of,
+    quantize_frequencies,
+    table_bytes,
+)
 from rftpack.stages.raw import RawCoder, bit_width
 from rftpack.stages.zstd import ZstdCoder
 
@@ -99,8 +108,50 @@ def test_rans_size_close_to_entropy(p: float) -> None:
 def test_rans_single_symbol_block_is_header_only() -> None:
     values = np.full(10000, 7, np.uint8)
     blob = RansCoder().encode(values, 16)
-    assert len(blob) <= 5  # count, symbol, frequency 2**16: no coded body
+    assert len(blob) <= 4  # one run, its symbol and length, one level: no coded body
     assert RansCoder().decode(blob, 10000, 16).tolist() == [7] * 10000
+
+
+def _version_1_table_bytes(counts: np.ndarray) -> int:
+    """What FORMAT.md §7.1.1's table (gap and 16-bit frequency varints) takes for ``counts``."""
+    def varint(v: int) -> int:
+        return max(1, math.ceil(v.bit_length() / 7))
+    present = np.flatnonzero(counts)
+    freqs = quantize_frequencies(counts)
+    gaps = np.diff(present, prepend=-1) - 1
+    return varint(int(present.size)) + sum(varint(int(g)) + varint(int(freqs[s]))
+                                           for g, s in zip(gaps, present, strict=True))
+
+
+@pytest.mark.parametrize("scale", [3.0, 40.0, 400.0])
+def test_rans_version_2_table_is_several_times_smaller(scale: float) -> None:
+    """Zigzagged Laplacian codes, as the scalar quantizer makes them, at 2**20 per block."""
+    rng = np.random.default_rng(1)
+    k = np.rint(rng.laplace(0, scale, 1 << 20)).astype(np.int64)
+    symbols = np.where(k >= 0, 2 * k, -2 * k - 1)
+    counts = np.bincount(symbols)
+    assert table_bytes(counts) * 2 < _version_1_table_bytes(counts)
+    blob = RansCoder().encode(symbols, int(symbols.max()) + 1)
+    # Besides the table, finite-precision probabilities and the flush cost < 0.002 bit each.
+    assert len(blob) * 8 <= (empirical_entropy_bits(symbols) + 8 * table_bytes(counts)
+                             + 0.002 * symbols.size)
+    np.testing.assert_array_equal(RansCoder().decode(blob, symbols.size, int(symbols.max()) + 1),
+                                  symbols)
+
+
+@settings(max_examples=60, deadline=None)
+@given(levels=st.lists(st.integers(0, MAX_LEVEL), min_size=1, max_size=3000))
+def test_level_frequencies_are_a_valid_model(levels: list[int]) -> None:
+    freqs = level_frequencies(np.array(levels, np.int64))
+    assert int(freqs.sum()) == 1 << TABLE_BITS
+    assert freqs.min() >= 1
+    order = np.argsort(levels, kind="stable")  # a lower level never gets less, bar the remainder
+    assert np.all(np.diff(freqs[order][1:]) <= 1)
+
+
+def test_levels_follow_the_counts() -> None:
+    assert levels_of(np.array([1000, 1000])).tolist() == [8, 8]    # p = 1/2: one bit
+    assert levels_of(np.array([1, (1 << 30)])).tolist() == [MAX_LEVEL, 0]  # clipped at 24 bits
 
 
 def test_rans_rejects_too_large_alphabet() -> None:
