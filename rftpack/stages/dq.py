@@ -1,5 +1,6 @@
 """``dq``: dependent scalar quantization — a 4-state trellis over two interleaved quantizers,
-as in VVC and NNCodec, chosen by a vectorised Viterbi search.
+as in VVC and NNCodec, chosen by a Viterbi search (compiled with numba when it is installed,
+``pip install rftpack[fast]``, else vectorised over chains in numpy; the indices are the same).
 
     Q0 reconstructs 2k·Δ, Q1 reconstructs (2k − sgn k)·Δ; states 0, 1 use Q0, states 2, 3 Q1;
     after each index k the state moves by its parity: next = TRANS[state][k & 1].
@@ -14,6 +15,8 @@ states, which is cheap and exact.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,12 +29,17 @@ from rftpack.stages.scalar import MAX_CODE, RowSteps, SteppedQuantizer, unzigzag
 TRANS = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int8)
 
 
+def _padded(x: np.ndarray, chain: int, dtype: type) -> np.ndarray:
+    """(chains, chain) copy of ``x`` in its own order, the last chain zero-padded."""
+    count = -(-x.shape[0] // chain) if x.shape[0] else 0
+    padded = np.zeros(count * chain, dtype)
+    padded[: x.shape[0]] = x
+    return padded.reshape(count, chain)
+
+
 def _chains(x: np.ndarray, chain: int) -> np.ndarray:
     """(chain, C) view-copy: column c is weights [c·chain, (c+1)·chain), zero-padded."""
-    count = -(-x.shape[0] // chain) if x.shape[0] else 0
-    padded = np.zeros(count * chain, np.float64)
-    padded[: x.shape[0]] = x
-    return np.ascontiguousarray(padded.reshape(count, chain).T)
+    return np.ascontiguousarray(_padded(x, chain, np.float64).T)
 
 
 def _rate_table(scaled: np.ndarray) -> np.ndarray:
@@ -46,9 +54,28 @@ def _index(k: np.ndarray, top: int) -> np.ndarray:
     return np.minimum(np.abs(k), top).astype(np.intp)
 
 
+def _compiled(name: str) -> Callable[[np.ndarray], np.ndarray] | None:
+    """numba's compiled ``viterbi_chains`` / ``replay_chains`` when numba is installed and
+    RFTPACK_NO_JIT is not set."""
+    if os.environ.get("RFTPACK_NO_JIT"):
+        return None
+    try:
+        from rftpack.stages import _dq_jit
+    except Exception:  # noqa: BLE001 - not installed, or numba cannot work here: use numpy
+        return None
+    return getattr(_dq_jit, name)
+
+
 def viterbi(scaled: np.ndarray, lam: float, rates: np.ndarray, chain: int) -> np.ndarray:
-    """Indices k minimising Σ (x/Δ − level)² + lam·bits(k), per chain; ``scaled`` = x / Δ."""
+    """Indices k minimising Σ (x/Δ − level)² + lam·bits(k), per chain; ``scaled`` = x / Δ.
+    Compiled with numba when it is installed, else vectorised over chains in numpy: the
+    same indices either way."""
     n = scaled.shape[0]
+    compiled = _compiled("viterbi_chains")
+    if compiled is not None:  # one chain after another
+        k = compiled(_padded(scaled, chain, np.float64), float(lam),
+                     np.ascontiguousarray(rates, np.float64))
+        return k.reshape(-1)[:n]
     xs = _chains(scaled, chain)
     steps, width = xs.shape
     inf = np.float64(np.inf)
@@ -117,10 +144,12 @@ def viterbi(scaled: np.ndarray, lam: float, rates: np.ndarray, chain: int) -> np
 def replay(k: np.ndarray, chain: int) -> np.ndarray:
     """Reconstruction levels (in units of Δ) of indices ``k``, replaying the state machine."""
     n = k.shape[0]
-    count = -(-n // chain) if n else 0
-    padded = np.zeros(count * chain, np.int64)
-    padded[:n] = k
-    ks = np.ascontiguousarray(padded.reshape(count, chain).T)
+    padded = _padded(k, chain, np.int64)
+    compiled = _compiled("replay_chains")
+    if compiled is not None:
+        return compiled(padded).reshape(-1)[:n]
+    count = padded.shape[0]
+    ks = np.ascontiguousarray(padded.T)
     levels = np.empty(ks.shape, np.float64)
     state = np.zeros(count, np.int8)
     for t in range(ks.shape[0]):
