@@ -44,21 +44,21 @@ def scaled_weights(draw):
 
 @settings(max_examples=80, deadline=None)
 @given(x=scaled_weights(), lam=st.sampled_from([0.0, 0.1, 0.25, 2.0]),
-       chain=st.sampled_from([1, 2, 7, 64, 300]))
-def test_compiled_search_finds_the_same_indices(x, lam, chain) -> None:
+       chain=st.sampled_from([1, 2, 7, 64, 300]), states=st.sampled_from([4, 8]))
+def test_compiled_search_finds_the_same_indices(x, lam, chain, states) -> None:
     with pytest.MonkeyPatch.context() as monkeypatch:
         rates = dq._rate_table(x) if x.size else np.zeros(2)
-        plain, compiled = both(monkeypatch, lambda: dq.viterbi(x, lam, rates, chain))
+        plain, compiled = both(monkeypatch, lambda: dq.viterbi(x, lam, rates, chain, states))
     np.testing.assert_array_equal(plain, compiled)
 
 
 @settings(max_examples=60, deadline=None)
 @given(k=st.lists(st.integers(-40000, 40000), max_size=2000),
-       chain=st.sampled_from([1, 3, 64, 1000]))
-def test_compiled_replay_gives_the_same_levels(k, chain) -> None:
+       chain=st.sampled_from([1, 3, 64, 1000]), states=st.sampled_from([4, 8]))
+def test_compiled_replay_gives_the_same_levels(k, chain, states) -> None:
     ks = np.array(k, np.int64)
     with pytest.MonkeyPatch.context() as monkeypatch:
-        plain, compiled = both(monkeypatch, lambda: dq.replay(ks, chain))
+        plain, compiled = both(monkeypatch, lambda: dq.replay(ks, chain, states))
     assert plain.dtype == compiled.dtype == np.float64
     np.testing.assert_array_equal(plain, compiled)
 
