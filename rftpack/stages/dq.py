@@ -1,7 +1,7 @@
 """``dq``: dependent scalar quantization — a trellis of 8 (or 4) states over two interleaved
 quantizers, as in NNCodec (8) and VVC (4), chosen by a Viterbi search (compiled with numba when
 it is installed, ``pip install rftpack[fast]``, else vectorised over chains in numpy; the
-indices are the same).
+indices are the same). Decoding replays the states in numpy.
 
     Q0 reconstructs 2k·Δ, Q1 reconstructs (2k − sgn k)·Δ; the state picks the quantizer
     (QUANTIZER[state]) and moves by each index's parity: next = TRANS[state][k & 1].
@@ -81,9 +81,9 @@ def _index(k: np.ndarray, top: int) -> np.ndarray:
     return np.minimum(np.abs(k), top).astype(np.intp)
 
 
-def _compiled(name: str) -> Callable[[np.ndarray], np.ndarray] | None:
-    """numba's compiled ``viterbi_chains`` / ``replay_chains`` when numba is installed and
-    RFTPACK_NO_JIT is not set."""
+def _compiled(name: str) -> Callable[..., np.ndarray] | None:
+    """numba's compiled function ``name`` when numba is installed and RFTPACK_NO_JIT is not
+    set."""
     if os.environ.get("RFTPACK_NO_JIT"):
         return None
     try:
@@ -173,9 +173,8 @@ def replay(k: np.ndarray, chain: int, states: int = 4) -> np.ndarray:
     n = k.shape[0]
     padded = _padded(k, chain, np.int64)
     trans, quantizer = TRELLISES[states]
-    compiled = _compiled("replay_chains")
-    if compiled is not None:
-        return compiled(padded, trans.astype(np.int64), quantizer.astype(np.int64)).reshape(-1)[:n]
+    # numpy even where numba is installed: importing numba costs a decoder ~0.5 s and ~110 MB,
+    # more than the replay itself on models of MiniLM's size (27 ms per 2**20 weights)
     count = padded.shape[0]
     ks = np.ascontiguousarray(padded.T)
     levels = np.empty(ks.shape, np.float64)
