@@ -1,7 +1,7 @@
 """``dq``: dependent scalar quantization — a trellis of 8 (or 4) states over two interleaved
 quantizers, as in NNCodec (8) and VVC (4), chosen by a Viterbi search (compiled with numba when
 it is installed, ``pip install rftpack[fast]``, else vectorised over chains in numpy; the
-indices are the same). Decoding replays the states in numpy.
+indices are the same). A decoder replays the states in numpy.
 
     Q0 reconstructs 2k·Δ, Q1 reconstructs (2k − sgn k)·Δ; the state picks the quantizer
     (QUANTIZER[state]) and moves by each index's parity: next = TRANS[state][k & 1].
@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -173,8 +174,10 @@ def replay(k: np.ndarray, chain: int, states: int = 4) -> np.ndarray:
     n = k.shape[0]
     padded = _padded(k, chain, np.int64)
     trans, quantizer = TRELLISES[states]
-    # numpy even where numba is installed: importing numba costs a decoder ~0.5 s and ~110 MB,
-    # more than the replay itself on models of MiniLM's size (27 ms per 2**20 weights)
+    # Compiled only where the encoder already loaded numba: importing it would cost a decoder
+    # ~0.5 s and ~110 MB, more than the replay itself on a model of MiniLM's size.
+    if "rftpack.stages._dq_jit" in sys.modules and (compiled := _compiled("replay_chains")):
+        return compiled(padded, trans.astype(np.int64), quantizer.astype(np.int64)).reshape(-1)[:n]
     count = padded.shape[0]
     ks = np.ascontiguousarray(padded.T)
     levels = np.empty(ks.shape, np.float64)
