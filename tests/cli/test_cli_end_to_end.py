@@ -185,3 +185,22 @@ def test_demo_on_a_given_model(model_file, tmp_path: Path) -> None:
     assert report["names_dtypes_shapes_match"] and report["exact_tensors_equal"]
     assert report["ratio"] > 1 and report["weight_snr_db"] >= 20
     assert (tmp_path / "model.rftp").is_file() and (tmp_path / "restored.safetensors").is_file()
+
+
+@pytest.mark.parametrize("profile", ["dq", "scalar"])
+def test_compress_says_how_to_speed_up_dq_without_numba(model_file, tmp_path, capsys,
+                                                        monkeypatch, profile) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "numba" else real(name, *a))
+    path, _ = model_file
+    assert main(["compress", str(path), "-o", str(tmp_path / "a.rftp"), "--profile", profile,
+                 "--bpw", "4"]) == 0
+    captured = capsys.readouterr()
+    assert ("numba is not installed" in captured.err + captured.out) == (profile == "dq")
+    assert main(["compress", str(path), "-o", str(tmp_path / "b.rftp"), "--profile", profile,
+                 "--bpw", "4", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "numba" not in captured.err + captured.out
