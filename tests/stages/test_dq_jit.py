@@ -97,3 +97,19 @@ def test_numba_loads_only_when_dq_encodes(tmp_path: Path) -> None:
             "print('numba' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"  # loaded when dq first encodes
+
+
+def test_the_compiled_search_is_the_one_used() -> None:
+    assert dq._compiled("viterbi_chains") is not None
+
+
+def test_a_numba_that_cannot_load_falls_back_to_numpy(monkeypatch) -> None:
+    """E.g. a read-only install where numba finds nowhere to cache: dq still encodes."""
+    x = np.random.default_rng(6).laplace(0, 3, 5000)
+    expected = dq.viterbi(x, 0.25, dq._rate_table(x), 256, 8)
+    import rftpack.stages
+
+    monkeypatch.setitem(sys.modules, "rftpack.stages._dq_jit", None)  # import fails
+    monkeypatch.delattr(rftpack.stages, "_dq_jit", raising=False)
+    assert dq._compiled("viterbi_chains") is None
+    np.testing.assert_array_equal(dq.viterbi(x, 0.25, dq._rate_table(x), 256, 8), expected)
