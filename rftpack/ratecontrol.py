@@ -153,7 +153,8 @@ def estimate(stats: TensorStats, quantizer: Quantizer, block_size: int
     share = np.ones(sample.shape[0]) if stats.represents is None else stats.represents
     bits = error = 0.0
     for chosen, size, tail in _block_groups(stats, sample.shape[0], block_size):
-        streams, side = quantizer.quantize(sample[chosen], [])
+        streams, side = _at_true_peak(quantizer, sample[chosen], stats.extremes[tail]
+                                      ).quantize(sample[chosen], [])
         symbols = streams["codes"].symbols
         weights = share[chosen]
         p = np.bincount(symbols, weights=weights)
@@ -175,6 +176,18 @@ def estimate(stats: TensorStats, quantizer: Quantizer, block_size: int
             residual = residual * stats.scale[chosen]
         error += float(np.dot(weights, residual ** 2)) / float(weights.sum()) * size
     return bits, error
+
+
+def _at_true_peak(quantizer: Quantizer, sample: np.ndarray, extremes: np.ndarray
+                  ) -> Quantizer:
+    """The quantizer with the step the block will really get: the range guard raises the
+    step of a block with a large outlier, which the sample alone may not hold."""
+    if not isinstance(quantizer, SteppedQuantizer) or not quantizer.step > 0:
+        return quantizer
+    peak = max(float(np.max(np.abs(sample), initial=0.0)),
+               float(np.max(np.abs(extremes), initial=0.0)))
+    floor = quantizer.min_step(peak)
+    return dataclasses.replace(quantizer, step=floor) if floor > quantizer.step else quantizer
 
 
 def _missed_tail(quantizer: Quantizer, extremes: np.ndarray, side: dict, seen: np.ndarray

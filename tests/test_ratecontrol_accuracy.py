@@ -595,3 +595,24 @@ def test_sparse_outliers_are_estimated_within_accuracy(step: float) -> None:
 def test_dq_row_steps_are_estimated_from_the_stratified_sample() -> None:
     error = row_steps_error(DependentQuantizer(step=0.02), BLOCK)
     assert abs(error) <= ACCURACY, error
+
+
+@pytest.mark.parametrize("quantizer", [ScalarQuantizer(), DependentQuantizer()],
+                         ids=["scalar", "dq"])
+def test_blocks_whose_outlier_raises_the_step_are_estimated_at_that_step(quantizer) -> None:
+    """A block with one weight 10⁵× the others gets a coarser step from the 16-bit range guard
+    than the plan's; the stride sample misses the outlier, the extremes do not."""
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=4 * BLOCK) * 0.01
+    x[BLOCK + 12345] = 1000.0  # block 1 only
+    stats = first_pass(x)
+    fine = dataclasses.replace(quantizer, step=0.01 / 400)  # ≈ 10 bits/weight elsewhere
+    assert fine.step < quantizer.min_step(1000.0)
+    assert not np.any(np.abs(stats.sample) > 1)  # the sample alone would not know
+    assert abs(estimate_error(stats, fine, x)) < ACCURACY
+    # and distortion is estimated at the raised step too: block 1 much worse than the others
+    error = estimate(stats, fine, BLOCK)[1]
+    rebuilt = np.concatenate([fine.dequantize(
+        {"codes": (c := fine.quantize(x[s:s + BLOCK], []))[0]["codes"].symbols}, c[1], BLOCK)
+        for s in range(0, x.shape[0], BLOCK)])
+    assert error == pytest.approx(float(np.sum((x - rebuilt) ** 2)), rel=0.1)

@@ -223,6 +223,11 @@ class DependentQuantizer(SteppedQuantizer):
         if type(self.states) is not int or self.states not in TRELLISES:
             raise StageError(f"dq: states must be 4 or 8, got {self.states!r}")
 
+    def min_step(self, peak: float) -> float:
+        # |x|/Δ ≤ 2·(MAX_CODE − 2) keeps |k| ≤ |x|/(2Δ) + 1.5 < MAX_CODE (the search looks one
+        # index beyond the nearest): codes within the 16-bit alphabet
+        return peak / (2.0 * (MAX_CODE - 2))
+
     def for_format_version(self, version: int) -> DependentQuantizer:
         # version 1 knew one trellis, and its records do not name it
         return self if version >= 2 else dataclasses.replace(self, states=4)
@@ -232,7 +237,7 @@ class DependentQuantizer(SteppedQuantizer):
         x, row_stream, row_side = self.scaled_input(
             np.real(coefficients).astype(np.float64, copy=False), rows)
         peak = float(np.max(np.abs(x))) if x.size else 0.0
-        step = max(self.block_step(x), 2.0 * peak / MAX_CODE, np.finfo(np.float64).tiny)
+        step = max(self.block_step(x), self.min_step(peak), np.finfo(np.float64).tiny)
         scaled = x / step
         k = viterbi(scaled, self.lam, _rate_table(scaled), self.chain, self.states) if x.size else \
             np.zeros(0, np.int64)

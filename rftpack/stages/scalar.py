@@ -107,6 +107,15 @@ class SteppedQuantizer(Quantizer):
         if self.step == 0 and self.rel_step == 0:
             raise StageError(f"{self.id}: set step or rel_step")
 
+    def min_step(self, peak: float) -> float:
+        """The finest step at which a block whose largest |value| is ``peak`` keeps every code
+        within the 16-bit alphabet (the range guard).
+
+        >>> ScalarQuantizer().min_step(3.2)
+        0.0001
+        """
+        return peak / MAX_CODE
+
     def block_step(self, x: np.ndarray) -> float:
         """The step Δ used for a block (before the 16-bit range guard)."""
         if self.step > 0:
@@ -199,7 +208,7 @@ class ScalarQuantizer(SteppedQuantizer):
         x, row_stream, row_side = self.scaled_input(
             np.real(coefficients).astype(np.float64, copy=False), rows)
         peak = float(np.max(np.abs(x))) if x.size else 0.0
-        step = max(self.block_step(x), peak / MAX_CODE, np.finfo(np.float64).tiny)
+        step = max(self.block_step(x), self.min_step(peak), np.finfo(np.float64).tiny)
         scaled = x / step
         q = np.rint(scaled)
         offsets = [0.0, 0.0]

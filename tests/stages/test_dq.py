@@ -149,3 +149,20 @@ def test_a_version_1_archive_decodes_with_four_states(tmp_path) -> None:
     manifest_path.write_text(json.dumps(manifest))
     with rftpack.open(out) as archive:
         assert not np.array_equal(archive.get_tensor("w"), expected)
+
+
+@pytest.mark.parametrize("states", [4, 8])
+def test_range_guard_keeps_codes_in_the_alphabet(states: int) -> None:
+    from rftpack.stages.scalar import MAX_CODE
+
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=20_000) * 0.01
+    x[[5, 777]] = [123.0, -123.0]  # the guard binds: |x|/Δ would be ~10⁹ at this step
+    q = DependentQuantizer(step=1e-7, states=states)
+    streams, side = q.quantize(x, [])
+    assert side["step"] == pytest.approx(q.min_step(123.0))
+    assert side["alphabet"] <= 2 * MAX_CODE + 1
+    symbols = streams["codes"].symbols
+    assert int(symbols.max()) < side["alphabet"]
+    y = q.dequantize({"codes": symbols}, side, x.size)
+    assert np.max(np.abs(x - y)) <= 2 * side["step"]
