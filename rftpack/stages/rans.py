@@ -123,25 +123,25 @@ def level_frequencies(levels: np.ndarray) -> np.ndarray:
     return quantize_frequencies(weights, 1 << TABLE_BITS)
 
 
-def _runs(present: np.ndarray) -> list[tuple[int, int]]:
-    """(first symbol, length) of each run of consecutive symbols in sorted ``present``."""
+def _runs(present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(gap, length) of each run of consecutive symbols in sorted, non-empty ``present``, the
+    gap counted from the end of the previous run (from 0 for the first)."""
     breaks = np.flatnonzero(np.diff(present) != 1) + 1
     starts, ends = np.r_[0, breaks], np.r_[breaks, present.shape[0]]
-    return [(int(present[a]), int(b - a)) for a, b in zip(starts, ends, strict=True)]
+    return present[starts] - np.r_[0, present[ends[:-1] - 1] + 1], ends - starts
 
 
 def write_table(present: np.ndarray, levels: np.ndarray) -> bytes:
     """A version 2 table: the runs of ``present`` symbols and their ``levels``."""
     out = bytearray()
-    runs = _runs(present) if present.size else []
-    write_varint(len(runs), out)
-    end = 0
-    for first, length in runs:
-        write_varint(first - end, out)
-        write_varint(length, out)
-        end = first + length
-    if not runs:
+    if not present.size:
+        write_varint(0, out)
         return bytes(out)
+    gaps, lengths = _runs(present)
+    write_varint(gaps.shape[0], out)
+    for gap, length in zip(gaps.tolist(), lengths.tolist(), strict=True):
+        write_varint(gap, out)
+        write_varint(length, out)
     delta = np.diff(levels, prepend=0)
     z = np.where(delta >= 0, 2 * delta, -2 * delta - 1)
     u = np.minimum(z, _ESCAPE).astype(np.uint8)
@@ -163,13 +163,11 @@ def table_size(present: np.ndarray, levels: np.ndarray) -> int:
     """``len(write_table(present, levels))``, without writing it."""
     if not present.size:
         return 1
-    breaks = np.flatnonzero(np.diff(present) != 1) + 1
-    starts, ends = np.r_[0, breaks], np.r_[breaks, present.shape[0]]
-    gaps = present[starts] - np.r_[0, present[ends[:-1] - 1] + 1]
+    gaps, lengths = _runs(present)
     delta = np.diff(levels, prepend=0)
     z = np.where(delta >= 0, 2 * delta, -2 * delta - 1)
-    return int(_varint_sizes(np.array([starts.shape[0]]))[0] + _varint_sizes(gaps).sum()
-               + _varint_sizes(ends - starts).sum() + (present.shape[0] + 1) // 2
+    return int(_varint_sizes(np.array([gaps.shape[0]]))[0] + _varint_sizes(gaps).sum()
+               + _varint_sizes(lengths).sum() + (present.shape[0] + 1) // 2
                + np.count_nonzero(z >= _ESCAPE) + 2 * np.count_nonzero(z >= _WIDE))
 
 

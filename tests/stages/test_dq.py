@@ -134,21 +134,19 @@ def test_a_version_1_archive_decodes_with_four_states(tmp_path) -> None:
     record = container["stages"][1]
     assert record["name"] == "dq" and record["format_version"] == 2
     assert record["configuration"].pop("states") == 4
-    record["format_version"] = 1
-    data = json.dumps(container).encode()
-    (out / entry["file"]).write_bytes(data)
-    entry["container_sha256"] = hashlib.sha256(data).hexdigest()
-    manifest_path.write_text(json.dumps(manifest))
-    with rftpack.open(out) as archive:
-        np.testing.assert_array_equal(archive.get_tensor("w"), expected)
+
+    def decoded_as(version: int) -> np.ndarray:
+        record["format_version"] = version
+        data = json.dumps(container).encode()
+        (out / entry["file"]).write_bytes(data)
+        entry["container_sha256"] = hashlib.sha256(data).hexdigest()
+        manifest_path.write_text(json.dumps(manifest))
+        with rftpack.open(out) as archive:
+            return archive.get_tensor("w")
+
+    np.testing.assert_array_equal(decoded_as(1), expected)
     # the same record read as version 2 would mean 8 states: a different tensor
-    record["format_version"] = 2
-    data = json.dumps(container).encode()
-    (out / entry["file"]).write_bytes(data)
-    entry["container_sha256"] = hashlib.sha256(data).hexdigest()
-    manifest_path.write_text(json.dumps(manifest))
-    with rftpack.open(out) as archive:
-        assert not np.array_equal(archive.get_tensor("w"), expected)
+    assert not np.array_equal(decoded_as(2), expected)
 
 
 @pytest.mark.parametrize("states", [4, 8])

@@ -409,17 +409,20 @@ def test_alphabet_beyond_2_16_is_refused_by_the_decoder(alphabet: int) -> None:
 # -- 2. and 3. random mutations and garbage ----------------------------------------------------
 
 @st.composite
-def valid_blocks(draw):
-    alphabet = draw(st.sampled_from(HOSTILE_ALPHABETS))
-    n = draw(st.integers(1, 400))
+def blocks(draw, alphabets=None, min_size: int = 1, max_size: int = 400):
+    """(symbols, alphabet) of one coder block, of one of several shapes of histogram."""
+    alphabet = draw(alphabets if alphabets is not None else st.sampled_from(HOSTILE_ALPHABETS))
+    n = draw(st.integers(min_size, max_size))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    kind = draw(st.sampled_from(["skewed", "uniform", "two", "constant"]))
+    kind = draw(st.sampled_from(["skewed", "uniform", "two", "sparse", "constant"]))
     if kind == "skewed":
-        values = np.minimum(rng.geometric(draw(st.floats(0.02, 0.9)), n) - 1, alphabet - 1)
+        values = np.minimum(rng.geometric(draw(st.floats(0.01, 0.95)), n) - 1, alphabet - 1)
     elif kind == "uniform":
         values = rng.integers(0, alphabet, n)
     elif kind == "two":
         values = rng.choice(np.array([0, alphabet - 1]), n, p=[0.97, 0.03])
+    elif kind == "sparse":
+        values = rng.choice(rng.integers(0, alphabet, 20), n)
     else:
         values = np.full(n, rng.integers(0, alphabet))
     return values.astype(symbol_dtype(alphabet)), alphabet
@@ -430,7 +433,7 @@ def other_count(data, n: int) -> int:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(block=valid_blocks(), data=st.data())
+@given(block=blocks(), data=st.data())
 def test_v2_mutated_segment_decodes_or_raises(block, data) -> None:
     values, alphabet = block
     blob = V2.encode(values, alphabet)
@@ -468,7 +471,7 @@ def test_v2_garbage_allocates_only_about_alphabet_data_and_count(blob, count, al
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(block=valid_blocks(), data=st.data())
+@given(block=blocks(), data=st.data())
 def test_v1_mutated_segment_decodes_or_raises(block, data) -> None:
     values, alphabet = block
     blob = encode_v1(values, alphabet)
@@ -554,25 +557,9 @@ def test_config_round_trip_and_no_parameters() -> None:
 
 # -- 5. the table's size is what rate control charges ----------------------------------------------
 
-@st.composite
-def any_blocks(draw):
-    alphabet = draw(st.one_of(st.integers(1, 300), st.sampled_from([2, 64, 65536])))
-    n = draw(st.integers(0, 3000))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    kind = draw(st.sampled_from(["skewed", "uniform", "sparse", "constant"]))
-    if kind == "skewed":
-        values = np.minimum(rng.geometric(draw(st.floats(0.01, 0.95)), n) - 1, alphabet - 1)
-    elif kind == "uniform":
-        values = rng.integers(0, alphabet, n)
-    elif kind == "sparse":
-        values = rng.choice(rng.integers(0, alphabet, 20), n)
-    else:
-        values = np.full(n, rng.integers(0, alphabet))
-    return values.astype(symbol_dtype(alphabet)), alphabet
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(block=any_blocks())
+@given(block=blocks(st.one_of(st.integers(1, 300), st.sampled_from([2, 64, 65536])),
+                    min_size=0, max_size=3000))
 def test_table_end_is_table_bytes_and_rest_is_whole_words(block) -> None:
     values, alphabet = block
     blob = V2.encode(values, alphabet)
