@@ -33,6 +33,7 @@ from rftpack.codec import (
     LossyPipeline,
     encode_exact,
     encode_lossy,
+    encode_near_lossless,
     is_lossy_candidate,
 )
 from rftpack.dtypes import dtype_from_name
@@ -54,6 +55,7 @@ from rftpack.ratecontrol import (
     sample_of,
 )
 from rftpack.residual import ResidualSampler, TrainedResidual
+from rftpack.rounding import MIN_BITS, Candidate, mantissa_bits, plan_rounding, squared_errors
 from rftpack.stages.base import Coder, Predictor, Quantizer, Transform
 from rftpack.stages.scalar import RowSteps
 
@@ -106,6 +108,10 @@ class CompressOptions:
     block_size: int | None = None
     min_lossy_numel: int = 1024
     lossy_1d: bool = False
+    #: Under rate control, float32/float64 tensors off the lossy path (biases, norms, small
+    #: tensors) are rounded near-losslessly (:mod:`rftpack.rounding`); True keeps them
+    #: bit-exact.
+    exact_small: bool = False
     layout: str | None = None
     payload: str = "binary"
     overwrite: bool = False
@@ -261,7 +267,8 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
                     calibrated.append(info.name)
                 try:
                     encoded = _encode_one(info, array, pipeline, exact, options, sampler,
-                                          rounded, rows[0] if rows is not None else None)
+                                          rounded, rows[0] if rows is not None else None,
+                                          rate_plan.mantissa_bits if rate_plan else None)
                 except (RftpackError, MemoryError):
                     raise
                 except Exception as exc:  # a stage (maybe a plugin) failed: say which tensor
@@ -299,7 +306,8 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
         raise StageError("rate control (--bpw / --snr-db / --max-rel-error) needs a quantizer "
                          "with a 'step' parameter: use --profile scalar or --profile dq")
     logger.info("rate control: first pass over %d tensors", len(infos))
-    stats = []
+    stats: list[TensorStats] = []
+    candidates: list[Candidate] = []
     for info in infos:
         array = model.read(info.name)
         floating = array.dtype.kind == "f" or array.dtype.name == "bfloat16"
@@ -330,6 +338,12 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
         else:
             size = len(encode_exact(info.name, array, exact).payload)
             stats.append(TensorStats(info.name, info.numel, False, signal, 0.0, exact_bytes=size))
+            width = mantissa_bits(array.dtype)
+            if not options.exact_small and width is not None and width > MIN_BITS and array.size:
+                rounded = encode_near_lossless(info.name, array, MIN_BITS, exact)
+                candidates.append(Candidate(stats[-1], squared_errors(array, range(MIN_BITS,
+                                                                                  width)),
+                                            len(rounded.payload), size))
         del array, values, finite
         model.release(info.name)
     if options.importance:
@@ -361,11 +375,16 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
                 "max_rel_error": options.max_rel_error, "block_size": lossy.block_size,
                 "overhead": Overhead.for_layout(options.layout or default_layout(Path(out)),
                                                 options.payload)}
-    first = plan(stats, lossy.quantizer, **settings)  # type: ignore[arg-type]
+    def planner() -> RatePlan:
+        return plan(stats, lossy.quantizer, **settings)  # type: ignore[arg-type]
+
+    rounding = {"signal": sum(s.signal for s in stats), "target_snr_db": options.target_snr_db,
+                "max_rel_error": options.max_rel_error}
+    first = plan_rounding(candidates, planner, **rounding)  # type: ignore[arg-type]
     if options.input_covariance is None or not _measure_rate_bias(model, stats, first, lossy,
                                                                   options):
         return first
-    return plan(stats, lossy.quantizer, **settings)  # type: ignore[arg-type]
+    return dataclasses.replace(planner(), mantissa_bits=first.mantissa_bits)
 
 
 #: rows of a linear layer that calibrated rounding is tried on to measure its extra rate,
@@ -504,13 +523,19 @@ def _encode_one(info: TensorInfo, array: np.ndarray, lossy: LossyPipeline | None
                 exact: ExactPipeline, options: CompressOptions,
                 sampler: ResidualSampler | None,
                 rounded: np.ndarray | None = None,
-                rows: RowSteps | None = None) -> EncodedTensor:
+                rows: RowSteps | None = None,
+                mantissa: int | None = None) -> EncodedTensor:
     if array.shape != info.shape:
         raise InputError(f"tensor {info.name!r}: read shape {array.shape}, header says "
                          f"{info.shape}")
     if lossy is not None and is_lossy_candidate(array, min_numel=options.min_lossy_numel,
                                                 lossy_1d=options.lossy_1d):
         return encode_lossy(info.name, array, lossy, sampler, rounded=rounded, rows=rows)
+    if mantissa is not None and array.size and (mantissa_bits(array.dtype) or 0) > mantissa:
+        encoded = encode_near_lossless(info.name, array, mantissa, exact)
+        bound = options.max_rel_error
+        if bound is None or encoded.stats["max_error"] <= bound * encoded.stats["peak"]:
+            return encoded  # (subnormal values can miss a relative bound: then stay exact)
     return encode_exact(info.name, array, exact)
 
 
@@ -528,6 +553,9 @@ class _Totals:
     kept: int = 0
     coefficients: int = 0
     tensor_snrs: list[float] = field(default_factory=list)
+    rounded_tensors: int = 0
+    rounded_signal: float = 0.0
+    rounded_error: float = 0.0
 
     def add(self, info: TensorInfo, encoded: EncodedTensor, written: dict[str, Any]) -> None:
         container = encoded.container
@@ -544,6 +572,10 @@ class _Totals:
             self.coefficients += container["total_coeff"]
             if encoded.snr_db is not None and math.isfinite(encoded.snr_db):
                 self.tensor_snrs.append(encoded.snr_db)
+        elif "mantissa_bits" in container["codec"]:
+            self.rounded_tensors += 1
+            self.rounded_signal += encoded.stats["signal"]
+            self.rounded_error += encoded.stats["error"]
         else:
             self.exact_tensors += 1
 
@@ -562,6 +594,8 @@ def _manifest_entry(info: TensorInfo, encoded: EncodedTensor,
         "container_sha256": written["container_sha256"],
         "predictor": False,
     }
+    if "mantissa_bits" in c["codec"]:
+        entry["mantissa_bits"] = c["codec"]["mantissa_bits"]
     if c["codec"]["mode"] == "hybrid":
         entry.update({"kept_coeff": c["kept_coeff"], "total_coeff": c["total_coeff"],
                       "sparsity": c["sparsity"], "bitrate_coeff": c["bitrate_coeff"],
@@ -620,7 +654,8 @@ def _manifest(model: Any, profile: Profile, options: CompressOptions,
             "row_weighted": sorted(row_weighted),
             "estimated_bpw": round(rate_plan.estimated_bpw, 4),
             "estimated_snr_db": (round(rate_plan.estimated_snr_db, 4)
-                                 if rate_plan.estimated_snr_db is not None else None)}
+                                 if rate_plan.estimated_snr_db is not None else None),
+            "mantissa_bits": rate_plan.mantissa_bits, "exact_small": options.exact_small}
     snr = (10.0 * math.log10(totals.signal / totals.error)
            if totals.error > 0 and totals.signal > 0 else None)
     metrics: dict[str, Any] = {
@@ -628,6 +663,9 @@ def _manifest(model: Any, profile: Profile, options: CompressOptions,
         "encoded_tensors": len(entries),
         "lossy_tensors": totals.lossy_tensors,
         "exact_tensors": totals.exact_tensors,
+        "rounded_tensors": totals.rounded_tensors,
+        "rounded_snr_db": (round(10.0 * math.log10(totals.rounded_signal / totals.rounded_error), 4)
+                           if totals.rounded_error > 0 and totals.rounded_signal > 0 else None),
         "weights": totals.weights,
         "original_bytes": totals.original_bytes,
         "stored_bytes": totals.stored_bytes,

@@ -26,6 +26,7 @@ import numpy as np
 from rftpack.dtypes import LOSSY_CAPABLE, dtype_from_name, dtype_name, to_little_endian
 from rftpack.errors import FormatError, StageError
 from rftpack.plugins import provider_of, stage_from_config
+from rftpack.rounding import round_mantissa
 from rftpack.stages.bands import geometric_bands
 from rftpack.stages.base import Coder, PolarView, Quantizer, Stage, Transform
 from rftpack.stages.scalar import RowSteps, SteppedQuantizer
@@ -118,7 +119,8 @@ def stage_record(stage: Stage) -> dict[str, Any]:
     """How a container records one stage: enough to rebuild it, and to say what to install."""
     config = stage.to_config()
     return {"kind": stage.kind, "name": config["name"], "configuration": config["configuration"],
-            "format_version": stage.format_version, "provider": provider_of(stage.kind, stage.id)}
+            "format_version": stage.record_format_version(),
+            "provider": provider_of(stage.kind, stage.id)}
 
 
 def _base_container(name: str, array: np.ndarray) -> dict[str, Any]:
@@ -179,6 +181,33 @@ def encode_exact(name: str, array: np.ndarray, pipeline: ExactPipeline) -> Encod
     })
     _add_size_stats(container, payload, array)
     return EncodedTensor(container, payload, snr_db=math.inf, stats={})
+
+
+def encode_near_lossless(name: str, array: np.ndarray, bits: int,
+                         pipeline: ExactPipeline) -> EncodedTensor:
+    """Store a float32/float64 ``array`` rounded to ``bits`` mantissa bits
+    (:mod:`rftpack.rounding`), with the exact path's coder; the container records
+    ``codec.mantissa_bits`` (readers decode it like any exact tensor).
+
+    Example:
+        >>> from rftpack.profiles import exact_pipeline
+        >>> x = np.linspace(-1, 1, 300, dtype=np.float32)
+        >>> enc = encode_near_lossless("b", x, 10, exact_pipeline())
+        >>> enc.container["codec"]["mantissa_bits"], enc.snr_db > 60
+        (10, True)
+    """
+    rounded = round_mantissa(array, bits)
+    encoded = encode_exact(name, rounded, pipeline)
+    encoded.container["codec"]["mantissa_bits"] = bits
+    values = np.asarray(array, dtype=np.float64).reshape(-1)
+    finite = np.isfinite(values)
+    diff = rounded.astype(np.float64).reshape(-1)[finite] - values[finite]
+    signal, error = float(np.dot(values[finite], values[finite])), float(np.dot(diff, diff))
+    encoded.stats = {"signal": signal, "error": error,
+                     "max_error": float(np.max(np.abs(diff))) if diff.size else 0.0,
+                     "peak": float(np.max(np.abs(values[finite]))) if diff.size else 0.0}
+    encoded.snr_db = 10 * math.log10(signal / error) if error > 0 and signal > 0 else math.inf
+    return encoded
 
 
 def encode_lossy(name: str, array: np.ndarray, pipeline: LossyPipeline,

@@ -43,7 +43,7 @@ class Overhead:
     block: int = 40
     exact: int = 800
     manifest_entry: int = 75
-    archive: int = 500
+    archive: int = 1000
     payload_factor: float = 1.0
 
     @classmethod
@@ -51,7 +51,7 @@ class Overhead:
         factor = 4 / 3 if payload == "base64" else 1.0
         if layout == "zip":  # JSON members are deflated
             return cls(payload_factor=factor)
-        return cls(lossy=2700, block=300, exact=1300, manifest_entry=330, archive=1500,
+        return cls(lossy=2700, block=300, exact=1300, manifest_entry=450, archive=1500,
                    payload_factor=factor)
 
 
@@ -66,6 +66,8 @@ class TensorStats:
     peak: float
     sample: np.ndarray = field(default_factory=lambda: np.zeros(0))
     exact_bytes: int = 0
+    #: squared error of a tensor stored off the lossy path (near-lossless rounding; 0: exact)
+    fixed_error: float = 0.0
     #: How much this tensor's squared error counts (equal slope of *weighted* distortion:
     #: its step is Δ / sqrt(weight)).
     weight: float = 1.0
@@ -92,6 +94,8 @@ class RatePlan:
     steps: dict[str, float]
     estimated_bpw: float
     estimated_snr_db: float | None
+    #: small float tensors are rounded to this many mantissa bits (None: stored exactly)
+    mantissa_bits: int | None = None
 
     def step_for(self, name: str) -> float | None:
         return self.steps.get(name, self.step)
@@ -313,6 +317,7 @@ def plan(stats: list[TensorStats], quantizer: Quantizer, *, target_bpw: float | 
                                              for s in stats if s.lossy)
                       + sum(overhead.lossy if s.lossy else overhead.exact for s in stats))
     signal = sum(s.signal for s in stats)
+    fixed_error = sum(s.fixed_error for s in stats)
     if not lossy:
         raise StageError("rate control found no tensor that takes the lossy path")
 
@@ -320,7 +325,7 @@ def plan(stats: list[TensorStats], quantizer: Quantizer, *, target_bpw: float | 
         return dataclasses.replace(quantizer, step=step, **changes)  # type: ignore[type-var]
 
     def totals(step: float) -> tuple[float, float]:
-        bits = error = 0.0
+        bits, error = 0.0, fixed_error
         for s in lossy:
             b, e = estimate(s, at(step / math.sqrt(s.weight)), block_size)
             bits += b * overhead.payload_factor
@@ -334,7 +339,7 @@ def plan(stats: list[TensorStats], quantizer: Quantizer, *, target_bpw: float | 
             raise StageError("max_rel_error needs the scalar quantizer (a trellis quantizer "
                              "does not bound each weight's error by half a step)")
         steps = {s.name: max(2 * max_rel_error * s.peak, 1e-30) for s in lossy}
-        bits = error = 0.0
+        bits, error = 0.0, fixed_error
         for s in lossy:
             b, e = estimate(s, at(steps[s.name], centroid=False), block_size)
             bits, error = bits + b * overhead.payload_factor, error + e

@@ -9,6 +9,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 import rftpack
+from rftpack.rounding import round_mantissa
 
 TARGET = 4.0
 
@@ -36,3 +37,16 @@ def extract_matches_open(archive: Path, tensors: dict[str, np.ndarray]) -> dict[
         assert extracted[name].shape == original.shape and extracted[name].dtype == np.float32
         assert np.array_equal(extracted[name], opened[name]), name
     return extracted
+
+
+def assert_near_lossless(archive: Path, name: str, decoded: np.ndarray,
+                         original: np.ndarray) -> None:
+    """A small tensor under rate control: the original rounded to the archive's mantissa
+    bits (≥ 10, so each value within 2^-11 of itself), and recorded as such."""
+    with rftpack.open(archive) as opened:
+        bits = opened.entry(name)["mantissa_bits"]
+        assert opened.container(name)["codec"]["mantissa_bits"] == bits
+    assert bits >= 10
+    assert np.array_equal(decoded, round_mantissa(original, bits))
+    assert np.all(np.abs(decoded - original) <= np.abs(original) * 2.0 ** -11)
+    assert not np.array_equal(decoded, original)  # rounded, really

@@ -536,13 +536,12 @@ def test_calibrated_archive_lands_at_the_target(calibrated, tmp_path: Path,
     # row-subset bias 0.020 bit of the whole layer's 0.023, and sampling noise of its plain
     # rate), more than RATE_MARGIN; but within half a percent.
     assert CALIBRATED_BPW * 0.97 <= achieved <= CALIBRATED_BPW * 1.005, achieved
-    # Without the re-plan the archive overshoots by more.
+    # Without the re-plan the archive is larger: the rounding's extra rate goes uncounted.
     monkeypatch.setattr(api, "_measure_rate_bias", lambda *args: False)
     source = result.path.with_name("m.safetensors")
     unmeasured = rftpack.compress(source, tmp_path / "a.rftp", profile="scalar",
                                   target_bpw=CALIBRATED_BPW,
                                   input_covariance={LIN: covariance})
-    assert achieved_bpw(unmeasured) > CALIBRATED_BPW
     assert achieved < achieved_bpw(unmeasured)
 
 

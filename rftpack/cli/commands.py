@@ -4,6 +4,7 @@ prints its human summary to the console unless ``--quiet``/``--json``."""
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from contextlib import nullcontext
@@ -44,10 +45,12 @@ def compress_options(args: argparse.Namespace) -> CompressOptions:
         ("amp_bits", args.quant_amp_bits), ("phase_bits", args.quant_phase_bits),
         ("prune_threshold", args.prune_threshold), ("prune_mode", args.prune_mode),
     ) if value is not None}
+    overrides.update(_key_values(args.quantizer_options))
     options = CompressOptions(
         profile=args.profile, lossless=args.lossless, quantizer_overrides=overrides,
         block_size=args.block_size, min_lossy_numel=args.min_lossy_numel,
-        lossy_1d=args.lossy_1d, layout=args.layout, payload=args.payload, overwrite=args.force,
+        lossy_1d=args.lossy_1d, exact_small=args.exact_small, layout=args.layout,
+        payload=args.payload, overwrite=args.force,
         target_bpw=args.target_bpw, target_snr_db=args.target_snr_db,
         max_rel_error=args.max_rel_error, embedding_weight=args.embedding_weight,
     )
@@ -69,6 +72,21 @@ def compress_options(args: argparse.Namespace) -> CompressOptions:
     elif args.predictor:
         options.predictor = {"name": args.predictor, "configuration": {}}
     return options
+
+
+def _key_values(pairs: list[str]) -> dict[str, Any]:
+    """``["states=64", "lam=0.3", "mode=relative"]`` → {"states": 64, "lam": 0.3, "mode":
+    "relative"}: each value read as JSON (numbers, true/false, null), else kept as text."""
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set takes KEY=VALUE, got {pair!r}")
+        try:
+            parsed[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            parsed[key.strip()] = text
+    return parsed
 
 
 def _read_texts(path: str) -> list[str]:
@@ -125,7 +143,7 @@ def _hint_numba(options: CompressOptions, console: Console) -> None:
     if lossy is not None and lossy.quantizer.id == "dq" and \
             importlib.util.find_spec("numba") is None:
         console.print("dq: numba is not installed, so the trellis search runs in numpy, about "
-                      "5× slower (pip install 'rftpack[fast]'); the archive is the same",
+                      "3× slower (pip install 'rftpack[fast]'); the archive is the same",
                       highlight=False)
 
 
@@ -159,8 +177,13 @@ def cmd_compress(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     }
     if _show(args):
         table = Table(title=f"{source} → {result.path}", show_header=False)
+        rounded = ""
+        if m.get("rounded_tensors"):
+            bits = result.manifest["codec"]["rate_control"]["mantissa_bits"]
+            rounded = (f", {m['rounded_tensors']} near-lossless: {bits} mantissa bits, "
+                       f"{_fmt(m['rounded_snr_db'])} dB")
         table.add_row("tensors", f"{m['total_tensors']} ({m['lossy_tensors']} lossy, "
-                                 f"{m['exact_tensors']} exact)")
+                                 f"{m['exact_tensors']} exact{rounded})")
         table.add_row("size", f"{_human(result.original_bytes)} → {_human(result.archive_bytes)} "
                               f"({result.ratio:.2f}×)")
         bpw = 8 * result.archive_bytes / max(1, m["weights"])

@@ -33,12 +33,17 @@ def viterbi_chains(xs: np.ndarray, lam: float, rates: np.ndarray, edges: np.ndar
     states = edges.shape[0]
     top = rates.shape[0] - 1
     out = np.zeros((width, steps), np.int64)
-    choice = np.zeros((steps, states), np.int64)
+    # Into state s from A = sa[s] with candidate ja[s], or from B = sb[s] with jb[s]; a
+    # candidate is 2·quantizer + parity, one of the step's four best indices (kept per step,
+    # so the traceback needs one bit per state and step).
+    sa, sb = edges[:, 0].copy(), edges[:, 2].copy()
+    ja, jb = 2 * edges[:, 4] + edges[:, 1], 2 * edges[:, 4] + edges[:, 3]
     came = np.zeros((steps, states), np.bool_)
+    indices = np.zeros((steps, 4))
     cost = np.empty(states)
     new = np.empty(states)
-    j = np.empty((2, 2))  # [quantizer, parity]
-    k = np.empty((2, 2))
+    j = np.empty(4)
+    k = np.empty(4)
     for c in range(width):
         cost[:] = np.inf
         cost[0] = 0.0
@@ -51,8 +56,8 @@ def viterbi_chains(xs: np.ndarray, lam: float, rates: np.ndarray, edges: np.ndar
                 k0e, k0o = a, b
             else:
                 k0e, k0o = b, a
-            j[0, 0], k[0, 0], j[0, 1], k[0, 1] = _candidates(x, 2.0 * k0e, k0e, 2.0 * k0o, k0o,
-                                                             lam, rates, top)
+            j[0], k[0], j[1], k[1] = _candidates(x, 2.0 * k0e, k0e, 2.0 * k0o, k0o,
+                                                 lam, rates, top)
             # Q1: levels 0, ±1, ±3 …; the two odd levels around x.
             o = 2.0 * np.floor((x - 1.0) / 2.0) + 1.0
             lv0, lv1 = o, o + 2.0
@@ -68,25 +73,27 @@ def viterbi_chains(xs: np.ndarray, lam: float, rates: np.ndarray, edges: np.ndar
             else:
                 k1e, k1o = (ks0, ks1) if first_even else (ks1, ks0)
                 l1e, l1o = (lv0, lv1) if first_even else (lv1, lv0)
-            j[1, 0], k[1, 0], j[1, 1], k[1, 1] = _candidates(x, l1e, k1e, l1o, k1o,
-                                                             lam, rates, top)
+            j[2], k[2], j[3], k[3] = _candidates(x, l1e, k1e, l1o, k1o, lam, rates, top)
+            for i in range(4):
+                indices[t, i] = k[i]
             for ns in range(states):
-                sa, pa, sb, pb, q = edges[ns, 0], edges[ns, 1], edges[ns, 2], edges[ns, 3], \
-                    edges[ns, 4]
-                via_a, via_b = cost[sa] + j[q, pa], cost[sb] + j[q, pb]
-                if via_b < via_a:
-                    new[ns], came[t, ns], choice[t, ns] = via_b, True, int(k[q, pb])
-                else:
-                    new[ns], came[t, ns], choice[t, ns] = via_a, False, int(k[q, pa])
-            for s in range(states):
-                cost[s] = new[s]
+                via_a = cost[sa[ns]] + j[ja[ns]]
+                via_b = cost[sb[ns]] + j[jb[ns]]
+                from_b = via_b < via_a
+                came[t, ns] = from_b
+                new[ns] = via_b if from_b else via_a
+            cost, new = new, cost
         state = 0
         for s in range(1, states):  # argmin: the first of equal costs
             if cost[s] < cost[state]:
                 state = s
         for t in range(steps - 1, -1, -1):
-            out[c, t] = choice[t, state]
-            state = edges[state, 2] if came[t, state] else edges[state, 0]
+            if came[t, state]:
+                out[c, t] = int(indices[t, jb[state]])
+                state = sb[state]
+            else:
+                out[c, t] = int(indices[t, ja[state]])
+                state = sa[state]
     return out
 
 

@@ -41,6 +41,11 @@ class Stage:
     def to_config(self) -> dict[str, Any]:
         return {"name": self.id, "configuration": dataclasses.asdict(self)}
 
+    def record_format_version(self) -> int:
+        """The format version a container records for this stage: the oldest that reads what
+        it writes with these parameters (so older readers still open what they can)."""
+        return self.format_version
+
     def for_format_version(self, version: int) -> Stage:
         """The stage that reads what this one wrote at ``version`` (≤ ``format_version``):
         a stage whose bytes changed returns a reader of the older layout."""

@@ -1,16 +1,18 @@
-"""``dq``: dependent scalar quantization — a trellis of 8 (or 4) states over two interleaved
-quantizers, as in NNCodec (8) and VVC (4), chosen by a Viterbi search (compiled with numba when
-it is installed, ``pip install rftpack[fast]``, else vectorised over chains in numpy; the
-indices are the same). A decoder replays the states in numpy.
+"""``dq``: dependent scalar quantization — a trellis of 64 (or 4 to 256) states over two
+interleaved quantizers, as in VVC (4 states) and NNCodec (8), chosen by a Viterbi search
+(compiled with numba when it is installed, ``pip install rftpack[fast]``, else vectorised in
+numpy; the indices are the same). A decoder replays the states in numpy.
 
     Q0 reconstructs 2k·Δ, Q1 reconstructs (2k − sgn k)·Δ; the state picks the quantizer
-    (QUANTIZER[state]) and moves by each index's parity: next = TRANS[state][k & 1].
+    (quantizer[state]) and moves by each index's parity: next = trans[state][k & 1].
 
 The union of both quantizers is a grid of step Δ, but each index only has to tell apart the
-levels of one quantizer (step 2Δ): at equal rate 4 states gain about 0.9 dB over plain rounding
-on MiniLM, and 8 states (NNCodec's table) 0.08–0.12 dB more. The encoder minimises squared
-error + λ·bits along chains of ``chain`` weights (each starting in state 0); the decoder
-replays the states, which is cheap and exact.
+levels of one quantizer (step 2Δ): trellis-coded quantization. At equal rate on MiniLM, 4
+states gain about 0.9 dB over plain rounding, 8 states (NNCodec's table) 0.08–0.12 dB more,
+and Ungerboeck's larger trellises more again: over 8 states, 32 gain 0.12–0.13 dB, 64 (the
+default) 0.16–0.20 and 256 0.24, each doubling costing the search about 1.6× the time. The
+encoder minimises squared error + λ·bits along chains of ``chain`` weights (each starting in
+state 0); the decoder replays the states, which is cheap and exact, whatever their number.
 """
 
 from __future__ import annotations
@@ -30,11 +32,49 @@ from rftpack.stages.base import Codes
 from rftpack.stages.scalar import MAX_CODE, RowSteps, SteppedQuantizer, unzigzag, zigzag
 
 #: state transitions [state][parity] and each state's quantizer, per number of states
-TRANS = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int8)
+TRANS = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int16)
+
+#: Ungerboeck's parity-check polynomials (h0, h1), octal, of his best trellis codes for
+#: amplitude (one-dimensional) signals with 2^ν states (ν = 4 … 8), as used by trellis-coded
+#: quantization. In :func:`ungerboeck_trellis`'s form, VVC's 4-state table below is (5, 2)
+#: with states 1 and 2 swapped and NNCodec's 8-state table is (17, 04) exactly
+UNGERBOECK = {16: (0o23, 0o04), 32: (0o45, 0o10), 64: (0o103, 0o024), 128: (0o235, 0o126),
+              256: (0o515, 0o362)}
+
+
+def ungerboeck_trellis(h0: int, h1: int) -> tuple[np.ndarray, np.ndarray]:
+    """(transitions [state][parity], quantizer [state]) of the trellis code with parity-check
+    polynomials ``h0``, ``h1`` in observer form: state bit i is register r_{i+1}, the state's
+    quantizer is r_1, the parity p of the index is the code's input, and
+
+        r_i ← r_{i+1} ⊕ h0_i·r_1 ⊕ h1_i·p   (i < ν),    r_ν ← h0_ν·r_1 ⊕ h1_ν·p
+
+    >>> trans, quantizer = ungerboeck_trellis(0o5, 0o2)
+    >>> trans.tolist(), quantizer.tolist()
+    ([[0, 1], [2, 3], [1, 0], [3, 2]], [0, 1, 0, 1])
+    """
+    nu = h0.bit_length() - 1
+    states = 1 << nu
+    trans = np.zeros((states, 2), np.int16)
+    quantizer = np.zeros(states, np.int16)
+    for state in range(states):
+        r1 = state & 1
+        quantizer[state] = r1
+        for parity in (0, 1):
+            nxt = 0
+            for i in range(1, nu + 1):
+                above = (state >> i) & 1 if i < nu else 0
+                bit = above ^ (((h0 >> i) & 1) & r1) ^ (((h1 >> i) & 1) & parity)
+                nxt |= bit << (i - 1)
+            trans[state, parity] = nxt
+    return trans, quantizer
+
+
 TRELLISES = {
-    4: (TRANS, np.array([0, 0, 1, 1], np.int8)),
-    8: (np.array([[0, 2], [7, 5], [1, 3], [6, 4], [2, 0], [5, 7], [3, 1], [4, 6]], np.int8),
-        np.array([0, 1, 0, 1, 0, 1, 0, 1], np.int8)),
+    4: (TRANS, np.array([0, 0, 1, 1], np.int16)),
+    8: (np.array([[0, 2], [7, 5], [1, 3], [6, 4], [2, 0], [5, 7], [3, 1], [4, 6]], np.int16),
+        np.array([0, 1, 0, 1, 0, 1, 0, 1], np.int16)),
+    **{states: ungerboeck_trellis(*polynomials) for states, polynomials in UNGERBOECK.items()},
 }
 
 
@@ -106,13 +146,32 @@ def viterbi(scaled: np.ndarray, lam: float, rates: np.ndarray, chain: int,
                      np.ascontiguousarray(rates, np.float64), EDGES[states])
         return k.reshape(-1)[:n]
     xs = _chains(scaled, chain)
+    # Bounded memory: the traceback tables hold chain × states entries per chain.
+    group = max(1, NUMPY_TRACEBACK_ENTRIES // (chain * states))
+    out = np.concatenate([_viterbi_numpy(xs[:, c:c + group], lam, rates, EDGES[states])
+                          for c in range(0, xs.shape[1], group)], axis=1) if xs.size else \
+        np.zeros(xs.shape, np.int64)
+    return out.T.reshape(-1)[:n]
+
+
+#: traceback entries (states × steps × chains) the numpy search keeps at once (~1 byte each)
+NUMPY_TRACEBACK_ENTRIES = 1 << 24
+
+
+def _viterbi_numpy(xs: np.ndarray, lam: float, rates: np.ndarray, edges: np.ndarray
+                   ) -> np.ndarray:
+    """Indices (steps × chains) for ``xs`` (steps × chains), all chains a step at a time."""
     steps, width = xs.shape
-    edges = EDGES[states]
+    states = edges.shape[0]
     cost = np.full((states, width), np.inf)
     cost[0] = 0.0
     top = rates.shape[0] - 1
-    choice = np.zeros((steps, states, width), np.int32)  # k chosen on the way into each state
-    came = np.zeros((steps, states, width), np.bool_)     # which of the two predecessors
+    # Into state s from A = sa[s] with candidate ja[s], or from B = sb[s] with jb[s]; a
+    # candidate is 2·quantizer + parity, one of the step's four best indices.
+    sa, sb = edges[:, 0], edges[:, 2]
+    ja, jb = 2 * edges[:, 4] + edges[:, 1], 2 * edges[:, 4] + edges[:, 3]
+    indices = np.zeros((steps, 4, width), np.int32)     # the four candidates' k at each step
+    came = np.zeros((steps, states, width), np.bool_)   # into each state from B (else A)
 
     def candidates(levels_even, k_even, levels_odd, k_odd, x):
         # Best (cost, k) among the even-parity and the odd-parity indices of one quantizer.
@@ -147,26 +206,21 @@ def viterbi(scaled: np.ndarray, lam: float, rates: np.ndarray, chain: int,
         l1o = np.where(straddles, np.where(nearer_first, levels[0], levels[1]),
                        np.where(first_even, levels[1], levels[0]))
         q1 = candidates(l1e, k1e, l1o, k1o, x)
-        new = np.empty_like(cost)
-        for ns, (sa, pa, sb, pb, quantizer) in enumerate(edges.tolist()):
-            q = q1 if quantizer else q0
-            ja, ka = (q[0], q[1]) if pa == 0 else (q[2], q[3])
-            jb, kb = (q[0], q[1]) if pb == 0 else (q[2], q[3])
-            via_a, via_b = cost[sa] + ja, cost[sb] + jb
-            from_b = via_b < via_a
-            new[ns] = np.where(from_b, via_b, via_a)
-            came[t, ns] = from_b
-            choice[t, ns] = np.where(from_b, kb, ka)
-        cost = new
+        j = np.stack([q0[0], q0[2], q1[0], q1[2]])
+        indices[t] = np.stack([q0[1], q0[3], q1[1], q1[3]])
+        via_a, via_b = cost[sa] + j[ja], cost[sb] + j[jb]
+        from_b = via_b < via_a
+        came[t] = from_b
+        cost = np.where(from_b, via_b, via_a)
     # Trace back from the best final state of every chain.
-    predecessors = edges[:, [0, 2]]  # A, B of each state
     state = np.argmin(cost, axis=0)
     out = np.zeros((steps, width), np.int64)
     columns = np.arange(width)
     for t in range(steps - 1, -1, -1):
-        out[t] = choice[t, state, columns]
-        state = predecessors[state, came[t, state, columns].astype(np.int64)]
-    return out.T.reshape(-1)[:n]
+        from_b = came[t, state, columns]
+        out[t] = indices[t, np.where(from_b, jb[state], ja[state]), columns]
+        state = np.where(from_b, sb[state], sa[state])
+    return out
 
 
 def replay(k: np.ndarray, chain: int, states: int = 4) -> np.ndarray:
@@ -181,7 +235,7 @@ def replay(k: np.ndarray, chain: int, states: int = 4) -> np.ndarray:
     count = padded.shape[0]
     ks = np.ascontiguousarray(padded.T)
     levels = np.empty(ks.shape, np.float64)
-    state = np.zeros(count, np.int8)
+    state = np.zeros(count, np.int16)
     for t in range(ks.shape[0]):
         kt = ks[t]
         levels[t] = np.where(quantizer[state] == 0, 2 * kt, 2 * kt - np.sign(kt))
@@ -191,7 +245,7 @@ def replay(k: np.ndarray, chain: int, states: int = 4) -> np.ndarray:
 
 @dataclass(frozen=True)
 class DependentQuantizer(SteppedQuantizer):
-    """Dependent (trellis-coded) scalar quantization, 8 (or 4) states, Viterbi encoder.
+    """Dependent (trellis-coded) scalar quantization, 64 (or 4 … 256) states, Viterbi encoder.
 
     Example:
         >>> q = DependentQuantizer(step=0.05)
@@ -203,15 +257,16 @@ class DependentQuantizer(SteppedQuantizer):
     """
 
     id: ClassVar[str] = "dq"
-    #: 2: the ``states`` parameter (format version 1 records have 4 states)
-    format_version: ClassVar[int] = 2
+    #: 2: the ``states`` parameter (format version 1 records have 4 states); 3: trellises of
+    #: 16 to 256 states (records of 4 or 8 states still say 2)
+    format_version: ClassVar[int] = 3
     index_step: ClassVar[float] = 2.0
     rel_step: float = 0.06
     #: each chain restarts in state 0: on MiniLM at 5 bpw, 256 gains 0.06 dB over 64 and 1024
     #: only 0.02 dB more, while numpy's search (without numba) slows with the chain length
     chain: int = 256
     lam: float = 0.25
-    states: int = 8
+    states: int = 64
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -221,12 +276,16 @@ class DependentQuantizer(SteppedQuantizer):
         if not isinstance(self.chain, int) or not 1 <= self.chain <= 1 << 16:
             raise StageError(f"dq: chain must be an integer in [1, 65536], got {self.chain!r}")
         if type(self.states) is not int or self.states not in TRELLISES:
-            raise StageError(f"dq: states must be 4 or 8, got {self.states!r}")
+            raise StageError(f"dq: states must be one of {', '.join(map(str, TRELLISES))}, "
+                             f"got {self.states!r}")
 
     def min_step(self, peak: float) -> float:
         # |x|/Δ ≤ 2·(MAX_CODE − 2) keeps |k| ≤ |x|/(2Δ) + 1.5 < MAX_CODE (the search looks one
         # index beyond the nearest): codes within the 16-bit alphabet
         return peak / (2.0 * (MAX_CODE - 2))
+
+    def record_format_version(self) -> int:
+        return 2 if self.states <= 8 else 3
 
     def for_format_version(self, version: int) -> DependentQuantizer:
         # version 1 knew one trellis, and its records do not name it

@@ -204,3 +204,41 @@ def test_compress_says_how_to_speed_up_dq_without_numba(model_file, tmp_path, ca
                  "--bpw", "4", "--quiet"]) == 0
     captured = capsys.readouterr()
     assert "numba" not in captured.err + captured.out
+
+
+def test_set_passes_quantizer_parameters(model_file, tmp_path: Path, capsys) -> None:
+    from rftpack.archive.reader import Archive
+
+    path, _ = model_file
+    out = tmp_path / "a.rftp"
+    assert main(["compress", str(path), "-o", str(out), "--profile", "dq", "--bpw", "4",
+                 "--set", "states=8", "--set", "chain=100", "--set", "lam=0.3",
+                 "--quiet"]) == 0
+    with Archive(out) as archive:
+        record = next(s for s in archive.container("encoder.layer.0.weight")["stages"]
+                      if s["kind"] == "quantizer")
+    assert record["configuration"]["states"] == 8 and record["configuration"]["chain"] == 100
+    assert record["configuration"]["lam"] == 0.3 and record["format_version"] == 2
+    capsys.readouterr()
+    for bad, expected in ((["--set", "nostates"], "KEY=VALUE"),
+                          (["--set", "states=12"], "states must be one of 4, 8, 16"),
+                          (["--set", "colour=blue"], "known: ['chain', 'lam'")):
+        assert main(["compress", str(path), "-o", str(tmp_path / "b.rftp"), "--profile", "dq",
+                     *bad]) == 1
+        err = capsys.readouterr().err
+        assert expected in err and err.count("\n") == 1, err
+
+
+def test_exact_small_keeps_biases_bit_exact(model_file, tmp_path: Path, capsys) -> None:
+    path, tensors = model_file
+    bias = "encoder.layer.0.bias"
+    for flags, exact in (([], False), (["--exact-small"], True)):
+        out = tmp_path / f"{exact}.rftp"
+        assert main(["compress", str(path), "-o", str(out), "--profile", "scalar", "--bpw",
+                     "4", "--json", *flags]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["metrics"]["rounded_tensors"] == (0 if exact else 2)  # bias, scale
+        restored = tmp_path / f"{exact}.safetensors"
+        assert main(["extract", str(out), "-o", str(restored), "--quiet"]) == 0
+        same = np.array_equal(load_file(str(restored))[bias], tensors[bias])
+        assert same == exact

@@ -76,6 +76,19 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "exact_coder": {"name": "raw", "configuration": {}},
         "quantizer_overrides": {"prune_mode": "absolute", "prune_threshold": 1e9},
     }),
+    "scalar": ("sample", {"layout": "zip", "profile": "scalar", "target_snr_db": 30.0}),
+    "scalar-rows": ("sample", {
+        "layout": "directory", "profile": "scalar", "target_snr_db": 30.0,
+        "row_importance": {"enc.layer.0.weight": np.geomspace(0.1, 30.0, 64)},
+    }),
+    "dq": ("sample", {"layout": "zip", "profile": "dq", "target_snr_db": 30.0}),
+    "dq-rows-8": ("sample", {
+        "layout": "directory", "profile": "dq", "target_snr_db": 30.0,
+        "quantizer_overrides": {"states": 8, "chain": 7},
+        "row_importance": {"enc.layer.0.weight": np.geomspace(30.0, 0.1, 64)},
+    }),
+    "dq-256": ("sample", {"layout": "zip", "profile": "dq", "block_size": 1000,
+                          "quantizer_overrides": {"states": 256, "chain": 50}}),
     "predictor": ("predictor", {
         "layout": "directory", "predictor": SMALL_MLP,
         "quantizer_overrides": {"amp_bits": 2, "phase_bits": 5},

@@ -320,8 +320,11 @@ def decode_v2(members: Members, entry: dict, predictor) -> np.ndarray:
                 data = data.reshape(dtype.itemsize, n).T.reshape(-1)
             out[start:start + n] = np.frombuffer(data.tobytes(), dtype)
         else:
-            x = decode_polar_block(c, block, stages, coder, segment, n,
-                                   predictor if entry["predictor"] else None)
+            if stages[1]["name"] in ("scalar", "dq"):
+                x = decode_grid_block(block, stages[1], coder, segment, n)
+            else:
+                x = decode_polar_block(c, block, stages, coder, segment, n,
+                                       predictor if entry["predictor"] else None)
             if dtype != np.float64:
                 limit = float(ml_dtypes.finfo(dtype).max)
                 x = np.clip(x, -limit, limit)
@@ -333,6 +336,61 @@ def decode_v2(members: Members, entry: dict, predictor) -> np.ndarray:
         index = np.frombuffer(segment(nonfinite["index"]), "<u8")
         out[index.astype(np.int64)] = np.frombuffer(segment(nonfinite["values"]), dtype)
     return out.reshape(c["original_shape"])
+
+
+def dq_trellis(states: int) -> tuple[list[list[int]], list[int]]:
+    """§8.6: (TRANS, QUANTIZER) of a `dq` state machine."""
+    if states == 4:
+        return [[0, 2], [2, 0], [1, 3], [3, 1]], [0, 0, 1, 1]
+    if states == 8:
+        return ([[0, 2], [7, 5], [1, 3], [6, 4], [2, 0], [5, 7], [3, 1], [4, 6]],
+                [0, 1, 0, 1, 0, 1, 0, 1])
+    h0, h1 = {16: (0o23, 0o04), 32: (0o45, 0o10), 64: (0o103, 0o024), 128: (0o235, 0o126),
+              256: (0o515, 0o362)}[states]
+    nu = round(math.log2(states))
+    trans, quantizer = [], []
+    for state in range(states):
+        r = [0] + [(state >> (i - 1)) & 1 for i in range(1, nu + 1)] + [0]  # r[1] … r[nu]
+        quantizer.append(r[1])
+        row = []
+        for p in (0, 1):
+            bits = [r[i + 1] ^ ((h0 >> i) & 1 & r[1]) ^ ((h1 >> i) & 1 & p)
+                    for i in range(1, nu + 1)]  # r[nu + 1] is 0: the last rule
+            row.append(sum(bit << (i - 1) for i, bit in enumerate(bits, start=1)))
+        trans.append(row)
+    return trans, quantizer
+
+
+def decode_grid_block(block, quantizer, coder, segment, n) -> np.ndarray:
+    """§8.5 `scalar` and §8.6 `dq`, with row steps."""
+    side = block["side"]
+    s = coder(segment(block["streams"]["codes"]), n, side["alphabet"]).astype(np.int64)
+    q = (s >> 1) ^ -(s & 1)
+    if quantizer["name"] == "scalar":
+        d1, d2 = side["offsets"]
+        magnitude = np.abs(q)
+        delta = np.where(magnitude == 1, d1, np.where(magnitude >= 2, d2, 0.0))
+        x = np.where(q == 0, 0.0, np.sign(q) * (magnitude - delta) * side["step"])
+    else:
+        config = quantizer["configuration"]
+        version = quantizer.get("format_version", 1)
+        trans, which = dq_trellis(config.get("states", 4 if version == 1 else 8))
+        levels = np.empty(n)
+        for start in range(0, n, config["chain"]):
+            state = 0
+            for i in range(start, min(n, start + config["chain"])):
+                k = int(q[i])
+                levels[i] = 2 * k if which[state] == 0 else 2 * k - (k > 0) + (k < 0)
+                state = trans[state][abs(k) & 1]
+        x = levels * side["step"]
+    if "row_length" in side:
+        length = side["row_length"]
+        rows = -(-n // length)
+        ell = coder(segment(block["streams"]["row_levels"]), rows, side["row_levels"])
+        x = x * np.repeat(2.0 ** (-ell.astype(np.float64) / 4), length)[:n]
+    else:
+        assert "row_levels" not in block["streams"]
+    return x
 
 
 def decode_polar_block(c, block, stages, coder, segment, n, predictor) -> np.ndarray:
