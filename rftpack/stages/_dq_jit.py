@@ -1,5 +1,5 @@
 """The ``dq`` encoder's Viterbi search compiled with numba (optional: ``pip install
-rftpack[fast]``).
+rftpack[fast]``; decoders never need it: their replay is table lookups in numpy).
 
 Same search, same arithmetic and the same tie-breaking as the numpy version in
 :mod:`rftpack.stages.dq`, so both give identical indices (the tests check it); this one walks
@@ -95,21 +95,3 @@ def viterbi_chains(xs: np.ndarray, lam: float, rates: np.ndarray, edges: np.ndar
                 out[c, t] = int(indices[t, ja[state]])
                 state = sa[state]
     return out
-
-
-@numba.njit(cache=True)
-def replay_chains(ks: np.ndarray, trans: np.ndarray, quantizer: np.ndarray) -> np.ndarray:
-    """Reconstruction levels (units of Δ) of indices ``ks`` (chains × steps), each chain
-    replaying the state machine (``trans`` [state, parity], ``quantizer`` [state]) from 0."""
-    width, steps = ks.shape
-    levels = np.empty((width, steps), np.float64)
-    for c in range(width):
-        state = 0
-        for t in range(steps):
-            k = ks[c, t]
-            if quantizer[state] == 0:
-                levels[c, t] = 2 * k
-            else:
-                levels[c, t] = 2 * k - (1 if k > 0 else (-1 if k < 0 else 0))
-            state = trans[state, k & 1]
-    return levels

@@ -8,6 +8,8 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rftpack.codec import stage_record
 from rftpack.errors import FormatError, StageError
@@ -244,3 +246,27 @@ def test_numpy_search_in_groups_of_chains_finds_the_same_indices(monkeypatch) ->
     whole = viterbi(x, 0.25, rates, 64, 64)
     monkeypatch.setattr(dq, "NUMPY_TRACEBACK_ENTRIES", 3 * 64 * 64)  # 3 chains per group
     assert np.array_equal(viterbi(x, 0.25, rates, 64, 64), whole)
+
+
+def stepwise_replay(k: np.ndarray, chain: int, states: int) -> np.ndarray:
+    """FORMAT.md §8.6 one index at a time: the reference for the grouped replay."""
+    trans, quantizer = TRELLISES[states]
+    levels = np.zeros(k.shape[0])
+    for start in range(0, k.shape[0], chain):
+        state = 0
+        for i in range(start, min(k.shape[0], start + chain)):
+            ki = int(k[i])
+            levels[i] = 2 * ki if quantizer[state] == 0 else 2 * ki - np.sign(ki)
+            state = trans[state, abs(ki) & 1]
+    return levels
+
+
+@settings(max_examples=150, deadline=None)
+@given(k=st.lists(st.integers(-40000, 40000), max_size=700),
+       chain=st.sampled_from([1, 3, 8, 9, 64, 100, 1000]),
+       states=st.sampled_from(sorted(TRELLISES)))
+def test_grouped_replay_is_the_state_machine(k: list[int], chain: int, states: int) -> None:
+    ks = np.array(k, np.int64)
+    levels = replay(ks, chain, states)
+    assert levels.dtype == np.float64 and levels.shape == ks.shape
+    np.testing.assert_array_equal(levels, stepwise_replay(ks, chain, states))
