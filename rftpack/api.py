@@ -336,14 +336,20 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
                                          positions=positions, extremes=extremes,
                                          extreme_positions=where))
         else:
-            size = len(encode_exact(info.name, array, exact).payload)
-            stats.append(TensorStats(info.name, info.numel, False, signal, 0.0, exact_bytes=size))
             width = mantissa_bits(array.dtype)
             if not options.exact_small and width is not None and width > MIN_BITS and array.size:
-                rounded = encode_near_lossless(info.name, array, MIN_BITS, exact)
-                candidates.append(Candidate(stats[-1], squared_errors(array, range(MIN_BITS,
-                                                                                  width)),
-                                            len(rounded.payload), size))
+                # sized rounded only: each further mantissa bit costs a bit (exact: all of them)
+                rounded = len(encode_near_lossless(info.name, array, MIN_BITS, exact).payload)
+                exact_size = min(math.ceil(rounded + (width - MIN_BITS) * info.numel / 8),
+                                 array.nbytes + 64)
+                stats.append(TensorStats(info.name, info.numel, False, signal, 0.0,
+                                         exact_bytes=exact_size))
+                candidates.append(Candidate(stats[-1], squared_errors(array, range(
+                    MIN_BITS, width)), rounded, exact_size))
+            else:
+                size = len(encode_exact(info.name, array, exact).payload)
+                stats.append(TensorStats(info.name, info.numel, False, signal, 0.0,
+                                         exact_bytes=size))
         del array, values, finite
         model.release(info.name)
     if options.importance:
