@@ -381,6 +381,7 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
                 "max_rel_error": options.max_rel_error, "block_size": lossy.block_size,
                 "overhead": Overhead.for_layout(options.layout or default_layout(Path(out)),
                                                 options.payload)}
+
     def planner() -> RatePlan:
         return plan(stats, lossy.quantizer, **settings)  # type: ignore[arg-type]
 

@@ -137,7 +137,8 @@ def _base_container(name: str, array: np.ndarray) -> dict[str, Any]:
 def is_lossy_candidate(array: np.ndarray, *, min_numel: int = 1024, lossy_1d: bool = False) -> bool:
     """Default policy: floats with ≥ ``min_numel`` weights and ≥ 2 dims go through the lossy path.
 
-    Biases, norms and other small tensors cost almost nothing and are sensitive: kept exact.
+    Biases, norms and other small tensors cost almost nothing and are sensitive: they take
+    the exact path (bit-exact, or near-lossless under rate control: :mod:`rftpack.rounding`).
     """
     if dtype_name(array.dtype) not in LOSSY_CAPABLE or array.size < max(1, min_numel):
         return False

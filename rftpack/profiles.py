@@ -64,9 +64,9 @@ PROFILES: dict[str, Profile] = {
     "dq": Profile(
         name="dq",
         description="dependent (trellis-coded) scalar quantization as in NNCodec, with a "
-                    "64-state trellis (NNCodec: 8): ~1.1 dB over 'scalar' at equal rate on "
-                    "MiniLM; encodes ~3× slower than it with numba (rftpack[fast]), much "
-                    "slower without; --set states=8 is ~2× faster, 0.16–0.20 dB worse",
+                    "64-state trellis (NNCodec: 8): 1.1–1.2 dB over 'scalar' at equal rate "
+                    "on MiniLM; encodes ~5× slower than it with numba (rftpack[fast]), ~30× "
+                    "without; --set states=8 is ~2× faster, 0.2 dB worse",
         transform={"name": "identity", "configuration": {}},
         quantizer={"name": "dq", "configuration": {"rel_step": 0.06}},
         coder={"name": "rans", "configuration": {}},
