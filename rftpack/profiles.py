@@ -68,7 +68,8 @@ PROFILES: dict[str, Profile] = {
                     "on MiniLM; encodes ~5× slower than it with numba (rftpack[fast]), ~30× "
                     "without; --set states=8 is ~2× faster, 0.2 dB worse",
         transform={"name": "identity", "configuration": {}},
-        quantizer={"name": "dq", "configuration": {"rel_step": 0.06}},
+        quantizer={"name": "dq", "configuration": {"rel_step": 0.06, "states": 64,
+                                                   "chain": 1024}},
         coder={"name": "rans", "configuration": {}},
         exact_coder=_floatplanes(),
     ),

@@ -10,7 +10,7 @@ The union of both quantizers is a grid of step Δ, but each index only has to te
 levels of one quantizer (step 2Δ): trellis-coded quantization. At equal rate on MiniLM, 4
 states gain about 0.9 dB over plain rounding, 8 states (NNCodec's table) 0.08–0.12 dB more,
 and Ungerboeck's larger trellises more again: over 8 states, 32 gain 0.12–0.13 dB, 64 (the
-default) 0.16–0.20 and 256 0.24, each doubling costing the search about 1.6× the time. The
+``dq`` profile's) 0.16–0.20 and 256 0.24, each doubling costing the search about 1.6× the time. The
 encoder minimises squared error + λ·bits along chains of ``chain`` weights (each starting in
 state 0); the decoder replays the states, which is cheap and exact, whatever their number.
 """
@@ -274,7 +274,8 @@ def replay(k: np.ndarray, chain: int, states: int = 4) -> np.ndarray:
 
 @dataclass(frozen=True)
 class DependentQuantizer(SteppedQuantizer):
-    """Dependent (trellis-coded) scalar quantization, 64 (or 4 … 256) states, Viterbi encoder.
+    """Dependent (trellis-coded) scalar quantization, 4 … 256 states (8 by default here, 64 in
+    the ``dq`` profile), Viterbi encoder.
 
     Example:
         >>> q = DependentQuantizer(step=0.05)
@@ -291,12 +292,14 @@ class DependentQuantizer(SteppedQuantizer):
     format_version: ClassVar[int] = 3
     index_step: ClassVar[float] = 2.0
     rel_step: float = 0.06
+    # The defaults are what a record without the parameter means (version 2 writers' defaults);
+    # the ``dq`` profile asks for 64 states and chains of 1024.
     #: each chain restarts in state 0. On MiniLM at 5 bpw with 64 states, 1024 gains 0.04 dB
     #: over 256 and 4096 0.01 dB more; numba's search and the decoder's replay take the same
     #: time at any length, numpy's search (without numba) twice as long at 1024 as at 256
-    chain: int = 1024
+    chain: int = 256
     lam: float = 0.25
-    states: int = 64
+    states: int = 8
 
     def __post_init__(self) -> None:
         super().__post_init__()

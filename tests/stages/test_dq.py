@@ -113,8 +113,8 @@ def test_large_trellises_are_built_from_the_polynomials() -> None:
 
 
 def test_records_name_the_oldest_format_that_reads_them() -> None:
-    assert DependentQuantizer().states == 64
-    assert stage_record(DependentQuantizer())["format_version"] == 3
+    assert stage_record(DependentQuantizer(states=64))["format_version"] == 3
+    assert stage_record(DependentQuantizer(states=256))["format_version"] == 3
     assert stage_record(DependentQuantizer(states=8))["format_version"] == 2
     assert stage_record(DependentQuantizer(states=4))["format_version"] == 2
 
@@ -270,3 +270,14 @@ def test_grouped_replay_is_the_state_machine(k: list[int], chain: int, states: i
     levels = replay(ks, chain, states)
     assert levels.dtype == np.float64 and levels.shape == ks.shape
     np.testing.assert_array_equal(levels, stepwise_replay(ks, chain, states))
+
+
+def test_records_without_states_or_chain_mean_what_version_2_wrote() -> None:
+    """The dataclass defaults are what a record that omits them means (8 states, chains of
+    256, as version 2 wrote); the dq profile asks for more explicitly."""
+    from rftpack.profiles import PROFILES, build_stage
+
+    bare = DependentQuantizer.from_config({"name": "dq", "configuration": {"step": 0.1}})
+    assert (bare.states, bare.chain) == (8, 256)
+    profile = build_stage("quantizer", PROFILES["dq"].quantizer)
+    assert (profile.states, profile.chain) == (64, 1024)
