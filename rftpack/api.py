@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import ml_dtypes
 import numpy as np
 
 from rftpack import __version__
@@ -311,19 +312,21 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
     for info in infos:
         array = model.read(info.name)
         floating = array.dtype.kind == "f" or array.dtype.name == "bfloat16"
-        values = array.astype(np.float64).reshape(-1) if floating else None
+        with np.errstate(invalid="ignore"):  # signalling NaNs: only finite values count
+            values = array.astype(np.float64).reshape(-1) if floating else None
         finite = values[np.isfinite(values)] if values is not None else None
         signal = float(np.dot(finite, finite)) if finite is not None else 0.0
         if is_lossy_candidate(array, min_numel=options.min_lossy_numel,
                               lossy_1d=options.lossy_1d):
             weight = options.weight_of(info.name)
             peak = float(np.max(np.abs(finite))) if finite.size else 0.0
+            precision = float(ml_dtypes.finfo(array.dtype).eps) / 2
             rows = _row_steps(info.name, array, options)
             if rows is None:
                 extremes, where = extremes_of(finite)
                 stats.append(TensorStats(info.name, info.numel, True, signal, peak,
                                          sample_of(finite), weight=weight, extremes=extremes,
-                                         extreme_positions=where))
+                                         extreme_positions=where, precision=precision))
             else:  # sample by position, so each sampled weight keeps its row's step
                 steps, base = rows
                 zeroed = values  # not needed whole any more: zero the non-finite in place
@@ -334,7 +337,7 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
                 stats.append(TensorStats(info.name, info.numel, True, signal, peak, sample,
                                          weight=weight, scale=scale, represents=represents,
                                          positions=positions, extremes=extremes,
-                                         extreme_positions=where))
+                                         extreme_positions=where, precision=precision))
         else:
             width = mantissa_bits(array.dtype)
             if not options.exact_small and width is not None and width > MIN_BITS and array.size:

@@ -200,9 +200,11 @@ def encode_near_lossless(name: str, array: np.ndarray, bits: int,
     rounded = round_mantissa(array, bits)
     encoded = encode_exact(name, rounded, pipeline)
     encoded.container["codec"]["mantissa_bits"] = bits
-    values = np.asarray(array, dtype=np.float64).reshape(-1)
+    with np.errstate(invalid="ignore"):  # signalling NaNs: only finite values count
+        values = np.asarray(array, dtype=np.float64).reshape(-1)
+        decoded = rounded.astype(np.float64).reshape(-1)
     finite = np.isfinite(values)
-    diff = rounded.astype(np.float64).reshape(-1)[finite] - values[finite]
+    diff = decoded[finite] - values[finite]
     signal, error = float(np.dot(values[finite], values[finite])), float(np.dot(diff, diff))
     encoded.stats = {"signal": signal, "error": error,
                      "max_error": float(np.max(np.abs(diff))) if diff.size else 0.0,

@@ -19,7 +19,7 @@ import numpy as np
 from rftpack.errors import StageError
 from rftpack.stages.base import Quantizer
 from rftpack.stages.rans import table_bytes
-from rftpack.stages.scalar import ScalarQuantizer, SteppedQuantizer, zigzag
+from rftpack.stages.scalar import MAX_CODE, ScalarQuantizer, SteppedQuantizer, zigzag
 
 SAMPLE_SIZE = 1 << 15
 MAX_SAMPLE = 1 << 19
@@ -68,6 +68,9 @@ class TensorStats:
     exact_bytes: int = 0
     #: squared error of a tensor stored off the lossy path (near-lossless rounding; 0: exact)
     fixed_error: float = 0.0
+    #: half an ulp of the tensor's dtype, relative: decoded values are cast to it, which can
+    #: move each by up to this × its magnitude (float32: 2^-24)
+    precision: float = 0.0
     #: How much this tensor's squared error counts (equal slope of *weighted* distortion:
     #: its step is Δ / sqrt(weight)).
     weight: float = 1.0
@@ -338,7 +341,17 @@ def plan(stats: list[TensorStats], quantizer: Quantizer, *, target_bpw: float | 
         if quantizer.id != "scalar":
             raise StageError("max_rel_error needs the scalar quantizer (a trellis quantizer "
                              "does not bound each weight's error by half a step)")
-        steps = {s.name: max(2 * max_rel_error * s.peak, 1e-30) for s in lossy}
+        # Each error is at most half a step plus the cast to the tensor's dtype.
+        steps = {s.name: max(2 * (max_rel_error - s.precision) * s.peak, 1e-30) for s in lossy}
+        tight = [s for s in lossy if s.peak > 0 and (
+            max_rel_error <= s.precision or steps[s.name] < quantizer.min_step(s.peak))]
+        if tight:
+            least = max(s.precision + quantizer.min_step(s.peak) / (2 * s.peak) for s in tight)
+            raise StageError(
+                f"max_rel_error {max_rel_error:g} is finer than the scalar quantizer can "
+                f"guarantee for {len(tight)} tensor(s), e.g. {tight[0].name!r}: it needs at "
+                f"least {least:.3g} (codes span ±{MAX_CODE} steps, and decoded values round to "
+                f"their dtype); use --lossless for exact tensors")
         bits, error = 0.0, fixed_error
         for s in lossy:
             b, e = estimate(s, at(steps[s.name], centroid=False), block_size)

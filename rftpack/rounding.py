@@ -88,12 +88,13 @@ def squared_errors(array: np.ndarray, bits_range: range) -> dict[int, float]:
     >>> squared_errors(np.array([1.0, 1.25], np.float32), range(1, 3))
     {1: 0.0625, 2: 0.0}
     """
-    values = np.asarray(array, dtype=np.float64)
-    finite = np.isfinite(values)
-    errors = {}
-    for bits in bits_range:
-        diff = round_mantissa(array, bits).astype(np.float64)[finite] - values[finite]
-        errors[bits] = float(np.dot(diff, diff))
+    with np.errstate(invalid="ignore"):  # signalling NaNs: only finite values count
+        values = np.asarray(array, dtype=np.float64)
+        finite = np.isfinite(values)
+        errors = {}
+        for bits in bits_range:
+            diff = round_mantissa(array, bits).astype(np.float64)[finite] - values[finite]
+            errors[bits] = float(np.dot(diff, diff))
     return errors
 
 

@@ -306,7 +306,7 @@ class DependentQuantizer(SteppedQuantizer):
         if not (isinstance(self.lam, int | float) and not isinstance(self.lam, bool)
                 and math.isfinite(self.lam) and self.lam >= 0):
             raise StageError(f"dq: lam must be a finite number ≥ 0, got {self.lam!r}")
-        if not isinstance(self.chain, int) or not 1 <= self.chain <= 1 << 16:
+        if type(self.chain) is not int or not 1 <= self.chain <= 1 << 16:
             raise StageError(f"dq: chain must be an integer in [1, 65536], got {self.chain!r}")
         if type(self.states) is not int or self.states not in TRELLISES:
             raise StageError(f"dq: states must be one of {', '.join(map(str, TRELLISES))}, "
