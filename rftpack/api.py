@@ -54,10 +54,12 @@ from rftpack.ratecontrol import (
     plan,
     row_sample,
     sample_of,
+    sample_positions,
 )
 from rftpack.residual import ResidualSampler, TrainedResidual
 from rftpack.rounding import MIN_BITS, Candidate, mantissa_bits, plan_rounding, squared_errors
 from rftpack.stages.base import Coder, Predictor, Quantizer, Transform
+from rftpack.stages.rowclasses import row_levels
 from rftpack.stages.scalar import RowSteps
 
 logger = logging.getLogger(__name__)
@@ -254,7 +256,8 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
             entries, totals, row_weighted, calibrated = [], _Totals(), [], []
             for info in progress(infos):
                 array = model.read(info.name)
-                pipeline = _with_step(lossy, rate_plan, info.name, options)
+                pipeline = _with_row_length(_with_step(lossy, rate_plan, info.name, options),
+                                            array, options)
                 rows = _row_steps(info.name, array, options)
                 rounded = None
                 if rows is not None:
@@ -322,11 +325,13 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
             peak = float(np.max(np.abs(finite))) if finite.size else 0.0
             precision = float(ml_dtypes.finfo(array.dtype).eps) / 2
             rows = _row_steps(info.name, array, options)
+            length = class_row_length(array, lossy, options)
             if rows is None:
                 extremes, where = extremes_of(finite)
                 stats.append(TensorStats(info.name, info.numel, True, signal, peak,
                                          sample_of(finite), weight=weight, extremes=extremes,
                                          extreme_positions=where, precision=precision))
+                positions, multipliers = sample_positions(info.numel), None
             else:  # sample by position, so each sampled weight keeps its row's step
                 steps, base = rows
                 zeroed = values  # not needed whole any more: zero the non-finite in place
@@ -338,6 +343,14 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
                                          weight=weight, scale=scale, represents=represents,
                                          positions=positions, extremes=extremes,
                                          extreme_positions=where, precision=precision))
+                multipliers = steps.per_row()
+            if length:
+                values[~np.isfinite(values)] = 0.0
+                levels = row_levels(values, length)
+                if multipliers is not None:  # the quantizer sees rows divided by their step
+                    levels = levels - np.log2(multipliers)
+                stats[-1].row_length = length
+                stats[-1].row_level = levels[positions // length]
         else:
             width = mantissa_bits(array.dtype)
             if not options.exact_small and width is not None and width > MIN_BITS and array.size:
@@ -456,6 +469,37 @@ def _with_step(lossy: LossyPipeline | None, rate_plan: RatePlan | None, name: st
     if options.max_rel_error is not None and hasattr(lossy.quantizer, "centroid"):
         changes["centroid"] = False  # centroid shifts would break the error bound
     return dataclasses.replace(lossy, quantizer=dataclasses.replace(lossy.quantizer, **changes))
+
+
+def class_row_length(array: np.ndarray, lossy: LossyPipeline | None,
+                     options: CompressOptions) -> int:
+    """Weights per row of a lossy matrix (or higher-dimensional tensor) whose quantizer codes
+    rows in classes (``row_classes`` > 1 on the identity transform), else 0.
+
+    >>> from rftpack.profiles import PROFILES
+    >>> class_row_length(np.zeros((300, 64), np.float32), CompressOptions(profile="dq").build()[1],
+    ...                  CompressOptions())
+    64
+    """
+    if lossy is None or getattr(lossy.quantizer, "row_classes", 1) <= 1 \
+            or lossy.transform.id != "identity" or array.ndim < 2 or not array.shape[0] \
+            or not is_lossy_candidate(array, min_numel=options.min_lossy_numel,
+                                      lossy_1d=options.lossy_1d):
+        return 0
+    return array.size // array.shape[0]
+
+
+def _with_row_length(lossy: LossyPipeline | None, array: np.ndarray, options: CompressOptions
+                     ) -> LossyPipeline | None:
+    """The pipeline for a tensor whose rows are coded in classes: its quantizer told the row
+    length, its blocks made of whole rows."""
+    length = class_row_length(array, lossy, options)
+    if not length:
+        return lossy
+    assert lossy is not None
+    block = max(length, lossy.block_size // length * length)
+    quantizer = dataclasses.replace(lossy.quantizer, row_length=length)
+    return dataclasses.replace(lossy, quantizer=quantizer, block_size=block)
 
 
 def _row_steps(name: str, array: np.ndarray, options: CompressOptions

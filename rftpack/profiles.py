@@ -54,10 +54,11 @@ PROFILES: dict[str, Profile] = {
     "scalar": Profile(
         name="scalar",
         description="uniform scalar quantization of the weights themselves (no transform), "
-                    "centroid reconstruction, rANS; one step for the whole model, set by "
-                    "--bpw / --snr-db / --max-rel-error, else rel_step 0.1",
+                    "centroid reconstruction, rANS with a table per class of rows of like "
+                    "scale; one step for the whole model, set by --bpw / --snr-db / "
+                    "--max-rel-error, else rel_step 0.1",
         transform={"name": "identity", "configuration": {}},
-        quantizer={"name": "scalar", "configuration": {"rel_step": 0.1}},
+        quantizer={"name": "scalar", "configuration": {"rel_step": 0.1, "row_classes": 4}},
         coder={"name": "rans", "configuration": {}},
         exact_coder=_floatplanes(),
     ),
@@ -69,7 +70,7 @@ PROFILES: dict[str, Profile] = {
                     "without; --set states=8 is ~2× faster, 0.2 dB worse",
         transform={"name": "identity", "configuration": {}},
         quantizer={"name": "dq", "configuration": {"rel_step": 0.06, "states": 64,
-                                                   "chain": 1024}},
+                                                   "chain": 1024, "row_classes": 4}},
         coder={"name": "rans", "configuration": {}},
         exact_coder=_floatplanes(),
     ),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rftpack.errors import StageError
+from rftpack.stages import rowclasses
 from rftpack.stages.base import Quantizer
 from rftpack.stages.rans import table_bytes
 from rftpack.stages.scalar import MAX_CODE, ScalarQuantizer, SteppedQuantizer, zigzag
@@ -87,6 +88,13 @@ class TensorStats:
     #: bits per weight the encoder's rounding adds to plain rounding's (calibrated rounding
     #: trades rate for output error), measured once at a planned step
     rate_bias: float = 0.0
+    #: row classes: weights per row, and the level (log2 RMS, as the quantizer sees it) of
+    #: each sampled weight's row (None: the tensor's codes are not coded in row classes)
+    row_length: int = 0
+    row_level: np.ndarray | None = None
+    #: the sample's row classes per coder block, once computed (they do not depend on the
+    #: step): (first sampled weight, sampled weights, most classes) → sample_classes(…)
+    _classes: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass
@@ -107,6 +115,11 @@ class RatePlan:
 def sample_of(x: np.ndarray) -> np.ndarray:
     flat = np.asarray(x).reshape(-1)
     return flat[::_stride(flat.shape[0])].astype(np.float64)
+
+
+def sample_positions(numel: int) -> np.ndarray:
+    """Where :func:`sample_of` samples a tensor of ``numel`` weights."""
+    return np.arange(0, numel, _stride(numel))
 
 
 def row_sample(x: np.ndarray, multipliers: np.ndarray, row_length: int
@@ -158,6 +171,8 @@ def estimate(stats: TensorStats, quantizer: Quantizer, block_size: int
     weights share their neighbour's histogram."""
     sample = stats.sample if stats.scale is None else stats.sample / stats.scale
     share = np.ones(sample.shape[0]) if stats.represents is None else stats.represents
+    if getattr(quantizer, "row_length", 0):  # a sample has no rows: classes are added below
+        quantizer = dataclasses.replace(quantizer, row_length=0)  # type: ignore[type-var]
     bits = error = 0.0
     for chosen, size, tail in _block_groups(stats, sample.shape[0], block_size):
         streams, side = _at_true_peak(quantizer, sample[chosen], stats.extremes[tail]
@@ -177,6 +192,15 @@ def estimate(stats: TensorStats, quantizer: Quantizer, block_size: int
         loss = -math.log2(1.0 - min(0.5, float(rare_counts.sum()) / size))
         table = 8.0 * _table_bytes(seen, p * size, rare, rare_counts)
         bits += (entropy + loss + stats.rate_bias) * size + extra + table
+        most = getattr(quantizer, "row_classes", 1)
+        if stats.row_level is not None and most > 1 and chosen.size:
+            rows = size / stats.row_length
+            key = (int(chosen[0]), chosen.shape[0], most)
+            if key not in stats._classes:
+                stats._classes[key] = rowclasses.sample_classes(stats.row_level[chosen], rows,
+                                                                most)
+            bits -= rowclasses.estimated_gain(symbols, stats._classes[key], weights, size,
+                                              rows)
         rebuilt = quantizer.dequantize({"codes": symbols}, side, symbols.shape[0])
         residual = sample[chosen] - rebuilt
         if stats.scale is not None:

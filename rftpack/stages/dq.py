@@ -288,8 +288,8 @@ class DependentQuantizer(SteppedQuantizer):
 
     id: ClassVar[str] = "dq"
     #: 2: the ``states`` parameter (format version 1 records have 4 states); 3: trellises of
-    #: 16 to 256 states (records of 4 or 8 states still say 2)
-    format_version: ClassVar[int] = 3
+    #: 16 to 256 states (records of 4 or 8 states still say 2); 4: row classes
+    format_version: ClassVar[int] = 4
     index_step: ClassVar[float] = 2.0
     rel_step: float = 0.06
     # The defaults are what a record without the parameter means (version 2 writers' defaults);
@@ -318,7 +318,7 @@ class DependentQuantizer(SteppedQuantizer):
         return peak / (2.0 * (MAX_CODE - 2))
 
     def record_format_version(self) -> int:
-        return 2 if self.states <= 8 else 3
+        return 4 if self.row_classes > 1 else 2 if self.states <= 8 else 3
 
     def for_format_version(self, version: int) -> DependentQuantizer:
         # version 1 knew one trellis, and its records do not name it
@@ -335,8 +335,9 @@ class DependentQuantizer(SteppedQuantizer):
             np.zeros(0, np.int64)
         symbols = zigzag(k)
         alphabet = int(symbols.max()) + 1 if symbols.size else 1
-        return ({"codes": Codes(symbols, alphabet), **row_stream},
-                {"step": step, "alphabet": alphabet, **row_side})
+        code_streams, class_side = self.coded_streams(x, symbols, alphabet)
+        return ({**code_streams, **row_stream},
+                {"step": step, "alphabet": alphabet, **row_side, **class_side})
 
     def dequantize(self, streams: dict[str, np.ndarray], side: dict[str, Any], count: int,
                    refine: Any = None) -> np.ndarray:

@@ -13,6 +13,11 @@ in the side info: a free gain where weights are peaked around zero.
 its own step Δ · 2^(−ℓ/4), ℓ ∈ [0, 63] the row's level (one symbol per row in the stream
 ``row_levels``). Rate control uses them where rows matter unequally, e.g. the rows of a
 token-embedding table by how often their tokens occur (:class:`RowSteps`).
+
+**Row classes** (``scalar`` and ``dq``, ``row_classes`` > 1): the codes of rows of
+``row_length`` weights may be coded in up to ``row_classes`` groups of rows of like scale,
+each with its own table (:mod:`rftpack.stages.rowclasses`); the encoder chooses how many per
+block, by their cost.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from rftpack.errors import FormatError, StageError
+from rftpack.stages import rowclasses
 from rftpack.stages.base import Codes, Quantizer
 
 MAX_CODE = 32000
@@ -94,6 +100,11 @@ class SteppedQuantizer(Quantizer):
 
     step: float = 0.0
     rel_step: float = 0.05
+    #: encoder only: code the rows of ``row_length`` weights in up to this many classes of
+    #: rows of like scale, one table each (1: one table per block; see row classes above)
+    row_classes: int = 1
+    #: encoder only: weights per row for row classes (0: the block has no rows)
+    row_length: int = 0
     #: spacing of one quantizer's levels, in steps (a code's index counts levels of it)
     index_step: ClassVar[float] = 1.0
 
@@ -106,6 +117,13 @@ class SteppedQuantizer(Quantizer):
                                  f"got {value!r}")
         if self.step == 0 and self.rel_step == 0:
             raise StageError(f"{self.id}: set step or rel_step")
+        if type(self.row_classes) is not int \
+                or not 1 <= self.row_classes <= rowclasses.MAX_CLASSES:
+            raise StageError(f"{self.id}: row_classes must be an integer in "
+                             f"[1, {rowclasses.MAX_CLASSES}], got {self.row_classes!r}")
+        if type(self.row_length) is not int or self.row_length < 0:
+            raise StageError(f"{self.id}: row_length must be an integer ≥ 0, "
+                             f"got {self.row_length!r}")
 
     def min_step(self, peak: float) -> float:
         """The finest step at which a block whose largest |value| is ``peak`` keeps every code
@@ -127,13 +145,38 @@ class SteppedQuantizer(Quantizer):
         alphabet = side.get("alphabet")
         if not isinstance(alphabet, int) or not 1 <= alphabet <= 2 * MAX_CODE + 1:
             raise FormatError(f"{self.id}: side.alphabet must be in [1, {2 * MAX_CODE + 1}]")
+        alphabets = {"codes": alphabet}
+        if "row_classes" in side or "class_length" in side:
+            classes, length = side.get("row_classes"), side.get("class_length")
+            if not _integer_in(classes, 2, rowclasses.MAX_CLASSES) \
+                    or not _integer_in(length, 1, 1 << 62):
+                raise FormatError(f"{self.id}: side.row_classes must be in [2, "
+                                  f"{rowclasses.MAX_CLASSES}] and side.class_length ≥ 1, "
+                                  f"both or neither")
+            alphabets.update({_class_stream(c): alphabet for c in range(1, classes)})
+            alphabets["row_classes"] = classes
         if "row_length" not in side:
-            return {"codes": alphabet}
+            return alphabets
         levels = side.get("row_levels")
-        if isinstance(levels, bool) or not isinstance(levels, int) \
-                or not 1 <= levels <= ROW_LEVELS:
+        if not _integer_in(levels, 1, ROW_LEVELS):
             raise FormatError(f"{self.id}: side.row_levels must be in [1, {ROW_LEVELS}]")
-        return {"codes": alphabet, "row_levels": levels}
+        return {**alphabets, "row_levels": levels}
+
+    def coded_streams(self, x: np.ndarray, symbols: np.ndarray, alphabet: int
+                      ) -> tuple[dict[str, Codes], dict[str, Any]]:
+        """(code streams, their side info) of a block's ``symbols`` for values ``x``: one
+        ``codes`` stream, or one per row class when ``row_classes`` > 1 and they pay."""
+        row_class = None
+        if self.row_classes > 1 and self.row_length > 0 and symbols.size:
+            row_class = rowclasses.choose(x, symbols, alphabet, self.row_length,
+                                          self.row_classes)
+        if row_class is None:
+            return {"codes": Codes(symbols, alphabet)}, {}
+        classes = int(row_class.max()) + 1
+        parts = rowclasses.split(symbols, row_class, self.row_length, classes)
+        streams = {_class_stream(c): Codes(part, alphabet) for c, part in enumerate(parts)}
+        streams["row_classes"] = Codes(row_class, classes)
+        return streams, {"row_classes": classes, "class_length": self.row_length}
 
     def scaled_input(self, x: np.ndarray, rows: RowSteps | None
                      ) -> tuple[np.ndarray, dict[str, Codes], dict[str, Any]]:
@@ -176,12 +219,32 @@ class SteppedQuantizer(Quantizer):
         step = side.get("step")
         if not (isinstance(step, int | float) and math.isfinite(step) and step > 0):
             raise FormatError(f"{self.id}: side.step must be a positive finite number")
-        codes = streams.get("codes")
+        alphabets = self.stream_alphabets(side)
+        if "row_classes" in side:
+            parts = [streams.get(_class_stream(c)) for c in range(side["row_classes"])]
+            row_class = streams.get("row_classes")
+            if row_class is None or any(part is None for part in parts):
+                raise FormatError(f"{self.id}: a block with row classes needs the streams "
+                                  f"row_classes and codes, codes_1 … codes_{len(parts) - 1}")
+            if row_class.size and int(row_class.max()) >= alphabets["row_classes"]:
+                raise FormatError(f"{self.id}: row class outside its alphabet")
+            codes = rowclasses.merge(parts, row_class, side["class_length"], count)  # type: ignore[arg-type]
+        else:
+            codes = streams.get("codes")
         if codes is None or codes.shape[0] != count:
             raise FormatError(f"{self.id}: expected {count} codes")
-        if codes.size and int(codes.max()) >= self.stream_alphabets(side)["codes"]:
+        if codes.size and int(codes.max()) >= alphabets["codes"]:
             raise FormatError(f"{self.id}: code outside its alphabet")
         return float(step), codes
+
+
+def _class_stream(c: int) -> str:
+    """The stream of row class ``c``'s codes: ``codes`` for class 0, else ``codes_<c>``."""
+    return "codes" if c == 0 else f"codes_{c}"
+
+
+def _integer_in(value: Any, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
 
 
 @dataclass(frozen=True)
@@ -196,12 +259,17 @@ class ScalarQuantizer(SteppedQuantizer):
     """
 
     id: ClassVar[str] = "scalar"
+    #: 2: row classes
+    format_version: ClassVar[int] = 2
     centroid: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not isinstance(self.centroid, bool):
             raise StageError("scalar: centroid must be true or false")
+
+    def record_format_version(self) -> int:
+        return 2 if self.row_classes > 1 else 1
 
     def quantize(self, coefficients: np.ndarray, bands: list[tuple[int, int]],
                  rows: RowSteps | None = None) -> tuple[dict[str, Codes], dict[str, Any]]:
@@ -219,8 +287,9 @@ class ScalarQuantizer(SteppedQuantizer):
                     offsets[i] = float(np.clip(distance[mask].mean(), -0.5, 0.5))
         symbols = zigzag(q)
         alphabet = int(symbols.max()) + 1 if symbols.size else 1
-        side = {"step": step, "offsets": offsets, "alphabet": alphabet, **row_side}
-        return {"codes": Codes(symbols, alphabet), **row_stream}, side
+        code_streams, class_side = self.coded_streams(x, symbols, alphabet)
+        side = {"step": step, "offsets": offsets, "alphabet": alphabet, **row_side, **class_side}
+        return {**code_streams, **row_stream}, side
 
     def dequantize(self, streams: dict[str, np.ndarray], side: dict[str, Any], count: int,
                    refine: Any = None) -> np.ndarray:

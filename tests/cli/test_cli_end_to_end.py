@@ -213,7 +213,7 @@ def test_set_passes_quantizer_parameters(model_file, tmp_path: Path, capsys) -> 
     out = tmp_path / "a.rftp"
     assert main(["compress", str(path), "-o", str(out), "--profile", "dq", "--bpw", "4",
                  "--set", "states=8", "--set", "chain=100", "--set", "lam=0.3",
-                 "--quiet"]) == 0
+                 "--set", "row_classes=1", "--quiet"]) == 0
     with Archive(out) as archive:
         record = next(s for s in archive.container("encoder.layer.0.weight")["stages"]
                       if s["kind"] == "quantizer")

@@ -25,6 +25,9 @@ def sample_state(seed: int = 0) -> dict[str, np.ndarray]:
     nan_w[0, 3], nan_w[5, 7], nan_w[39, 39] = np.nan, np.inf, -np.inf
     return {
         "enc.layer.0.weight": rng.normal(size=(64, 48)).astype(np.float32),
+        # rows of unequal scale: scalar and dq code them in row classes (§8.5)
+        "enc.layer.1.weight": (rng.normal(size=(256, 48)) * np.geomspace(0.05, 5.0, 256)[:, None]
+                               ).astype(np.float32),
         "enc/layer.0.bias": rng.normal(size=48).astype(np.float32),
         "emb.weight": rng.normal(size=(40, 40)).astype(ml_dtypes.bfloat16),
         "half": rng.normal(size=(33, 40)).astype(np.float16),

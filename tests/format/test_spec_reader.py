@@ -362,9 +362,23 @@ def dq_trellis(states: int) -> tuple[list[list[int]], list[int]]:
 
 
 def decode_grid_block(block, quantizer, coder, segment, n) -> np.ndarray:
-    """§8.5 `scalar` and §8.6 `dq`, with row steps."""
+    """§8.5 `scalar` and §8.6 `dq`, with row steps and row classes."""
     side = block["side"]
-    s = coder(segment(block["streams"]["codes"]), n, side["alphabet"]).astype(np.int64)
+    streams = block["streams"]
+    if "row_classes" in side:  # §8.5 row classes: one code stream per class of rows
+        length = side["class_length"]
+        rows = -(-n // length)
+        row_class = coder(segment(streams["row_classes"]), rows, side["row_classes"])
+        per_class = []
+        for c in range(side["row_classes"]):
+            seg = streams["codes" if c == 0 else f"codes_{c}"]
+            per_class.append(iter(coder(segment(seg), seg["count"], side["alphabet"]).tolist()))
+        s = np.array([next(per_class[int(row_class[i // length])]) for i in range(n)],
+                     np.int64)
+        assert all(next(rest, None) is None for rest in per_class)  # every code used
+    else:
+        assert "row_classes" not in streams and "codes_1" not in streams
+        s = coder(segment(streams["codes"]), n, side["alphabet"]).astype(np.int64)
     q = (s >> 1) ^ -(s & 1)
     if quantizer["name"] == "scalar":
         d1, d2 = side["offsets"]
@@ -511,6 +525,21 @@ def test_spec_reader_matches_rftpack(format_archives, variant, use_predictor):
         for name, array in mine.items():
             exact = archive.entry(name)["mode"] == "exact"
             _same(array, archive.get_tensor(name, use_predictor=use_predictor), exact)
+
+
+def test_variants_cover_row_classes_with_and_without_row_steps(format_archives):
+    """The reader above is only checked on what the variants hold: make sure some blocks
+    have row classes (§8.5), with row steps and without, for both quantizers."""
+    seen = set()
+    for variant in ("scalar", "scalar-rows", "dq", "dq-rows-8"):
+        for doc in archive_documents(format_archives[variant]).values():
+            for block in (doc.get("payload") or {}).get("blocks", []):
+                side = block.get("side") or {}
+                if "row_classes" in side:
+                    assert len(block["streams"]) == side["row_classes"] + 1 + (
+                        "row_length" in side)
+                    seen.add((variant.split("-")[0], "row_length" in side))
+    assert seen == {("scalar", False), ("scalar", True), ("dq", False), ("dq", True)}
 
 
 def test_spec_reader_matches_rftpack_on_golden_archives(golden_v2):
