@@ -173,7 +173,7 @@ def test_encode_lossy_codes_whole_rows_per_block() -> None:
     blocks = classed.container["payload"]["blocks"]
     # (100 rows a block: 2 or 4 classes, whichever costs less with their tables)
     assert len(blocks) == 4 and all(b["side"]["row_classes"] in (2, 4) for b in blocks)
-    assert len(classed.payload) < 0.97 * len(plain.payload)
+    assert len(classed.payload) < 0.98 * len(plain.payload)
     assert classed.snr_db == plain.snr_db
 
 
