@@ -272,6 +272,48 @@ def replay(k: np.ndarray, chain: int, states: int = 4) -> np.ndarray:
     return levels[:, :chain].reshape(-1)[:n].astype(np.float64)
 
 
+def decode_symbols(symbols: np.ndarray, alphabet: int, chain: int, states: int,
+                   step: float) -> np.ndarray:
+    """``replay(unzigzag(symbols), chain, states) * step`` straight from the zig-zag symbols,
+    with small tables in place of passes over the indices: each symbol's parity by lookup,
+    eight parities to a byte (the replay's group patterns), and each value by one lookup of
+    (symbol, quantizer) in a table of reconstruction values.
+
+    >>> s = zigzag(np.array([1, 2, -1, 0, 3]))
+    >>> decode_symbols(s, 7, chain=5, states=4, step=0.5).tolist()
+    [1.0, 1.5, -1.0, 0.0, 3.0]
+    """
+    n = symbols.shape[0]
+    if n == 0:
+        return np.zeros(0, np.float64)
+    k = unzigzag(np.arange(alphabet))
+    parity = (k & 1).astype(np.uint8)
+    # value of (symbol s, quantizer q) at index 2s + q: Q0 2k·Δ, Q1 (2k − sgn k)·Δ
+    values = (np.stack([2 * k, 2 * k - np.sign(k)], axis=1) * step).reshape(-1)
+    group = REPLAY_GROUP
+    width = -(-chain // group) * group
+    count = -(-n // chain)
+    parities = np.zeros((count, width), np.uint8)
+    flat = parities[:, :chain]
+    full = n // chain
+    flat[:full] = parity[symbols[:full * chain]].reshape(full, chain)
+    if full < count:
+        flat[full, :n - full * chain] = parity[symbols[full * chain:]]
+    patterns = np.packbits(parities, axis=1, bitorder="little")
+    after, quantizer_bits = _group_tables(states)
+    bits = np.empty(patterns.shape, np.uint8)
+    state = np.zeros(count, np.intp)
+    for g in range(patterns.shape[1]):
+        pattern = patterns[:, g]
+        bits[:, g] = quantizer_bits[state, pattern]
+        state = after[state, pattern]
+    q1 = np.unpackbits(bits, axis=1, bitorder="little")[:, :chain].reshape(-1)[:n]
+    index = symbols.astype(np.intp)
+    index <<= 1
+    index |= q1
+    return values[index]
+
+
 @dataclass(frozen=True)
 class DependentQuantizer(SteppedQuantizer):
     """Dependent (trellis-coded) scalar quantization, 4 … 256 states (8 by default here, 64 in
@@ -342,6 +384,7 @@ class DependentQuantizer(SteppedQuantizer):
     def dequantize(self, streams: dict[str, np.ndarray], side: dict[str, Any], count: int,
                    refine: Any = None) -> np.ndarray:
         step, codes = self.checked_codes(streams, side, count)
-        values = replay(unzigzag(codes), self.chain, self.states) * step
+        values = decode_symbols(codes, self.stream_alphabets(side)["codes"], self.chain,
+                                self.states, step)
         multipliers = self.row_multipliers(streams, side, count)
         return values if multipliers is None else values * multipliers

@@ -19,12 +19,13 @@ from rftpack.stages.dq import (
     TRELLISES,
     UNGERBOECK,
     DependentQuantizer,
+    decode_symbols,
     replay,
     ungerboeck_trellis,
     viterbi,
 )
 from rftpack.stages.rans import RansCoder
-from rftpack.stages.scalar import ScalarQuantizer
+from rftpack.stages.scalar import ScalarQuantizer, zigzag
 
 
 @contextlib.contextmanager
@@ -281,3 +282,15 @@ def test_records_without_states_or_chain_mean_what_version_2_wrote() -> None:
     assert (bare.states, bare.chain) == (8, 256)
     profile = build_stage("quantizer", PROFILES["dq"].quantizer)
     assert (profile.states, profile.chain) == (64, 1024)
+
+
+@pytest.mark.parametrize("states", sorted(TRELLISES))
+@pytest.mark.parametrize("chain", [1, 7, 8, 9, 1024])
+def test_decoding_symbols_is_replaying_their_indices(states: int, chain: int) -> None:
+    rng = np.random.default_rng(states * 31 + chain)
+    for n in (0, 1, chain - 1, chain, 3 * chain + 5, 5000):
+        k = rng.integers(-300, 300, max(n, 0))
+        symbols = zigzag(k)
+        alphabet = int(symbols.max()) + 1 if symbols.size else 1
+        assert np.array_equal(decode_symbols(symbols, alphabet, chain, states, 0.37),
+                              replay(k, chain, states) * 0.37)
