@@ -309,6 +309,12 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
     if lossy is None or not hasattr(lossy.quantizer, "step"):
         raise StageError("rate control (--bpw / --snr-db / --max-rel-error) needs a quantizer "
                          "with a 'step' parameter: use --profile scalar or --profile dq")
+    if options.target_bpw is not None and lossy.coder.id != "rans":
+        # (--snr-db and --max-rel-error bound the error, which no coder changes)
+        raise StageError(f"--bpw plans sizes with the rans coder's model; with coder "
+                         f"{lossy.coder.id!r} the archive could miss the target (floatplanes' "
+                         f"Huffman codes take ~2 % more bits): use the rans coder, or "
+                         f"--snr-db / --max-rel-error")
     logger.info("rate control: first pass over %d tensors", len(infos))
     stats: list[TensorStats] = []
     candidates: list[Candidate] = []
