@@ -357,6 +357,10 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
                     levels = levels - np.log2(multipliers)
                 stats[-1].row_length = length
                 stats[-1].row_level = levels[positions // length]
+            whole_rows = length or (rows[0].length if rows is not None else 0)
+            if whole_rows:  # the encoder's blocks: whole rows (as _with_row_length, _for_rows)
+                stats[-1].block_size = max(whole_rows,
+                                           lossy.block_size // whole_rows * whole_rows)
         else:
             width = mantissa_bits(array.dtype)
             if not options.exact_small and width is not None and width > MIN_BITS and array.size:
@@ -492,7 +496,9 @@ def class_row_length(array: np.ndarray, lossy: LossyPipeline | None,
             or not is_lossy_candidate(array, min_numel=options.min_lossy_numel,
                                       lossy_1d=options.lossy_1d):
         return 0
-    return array.size // array.shape[0]
+    length = array.size // array.shape[0]
+    # a block of fewer than 4 rows can have no classes (2 rows each, at least 2 classes)
+    return length if lossy.block_size // length >= 4 else 0
 
 
 def _with_row_length(lossy: LossyPipeline | None, array: np.ndarray, options: CompressOptions
@@ -503,9 +509,9 @@ def _with_row_length(lossy: LossyPipeline | None, array: np.ndarray, options: Co
     if not length:
         return lossy
     assert lossy is not None
-    block = max(length, lossy.block_size // length * length)
     quantizer = dataclasses.replace(lossy.quantizer, row_length=length)
-    return dataclasses.replace(lossy, quantizer=quantizer, block_size=block)
+    return dataclasses.replace(lossy, quantizer=quantizer,
+                               block_size=lossy.block_size // length * length)
 
 
 def _row_steps(name: str, array: np.ndarray, options: CompressOptions

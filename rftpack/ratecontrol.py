@@ -92,6 +92,9 @@ class TensorStats:
     #: each sampled weight's row (None: the tensor's codes are not coded in row classes)
     row_length: int = 0
     row_level: np.ndarray | None = None
+    #: the coder block size this tensor is encoded with, when not the plan's (blocks of whole
+    #: rows with row steps or row classes)
+    block_size: int | None = None
     #: the sample's row classes per coder block, once computed (they do not depend on the
     #: step): (first sampled weight, sampled weights, most classes) → sample_classes(…)
     _classes: dict = field(default_factory=dict, repr=False, compare=False)
@@ -169,6 +172,7 @@ def estimate(stats: TensorStats, quantizer: Quantizer, block_size: int
     sampled weights in each (tensors whose statistics drift, like token tables ordered by
     vocabulary, cost less than one histogram of the whole would say); blocks with few sampled
     weights share their neighbour's histogram."""
+    block_size = stats.block_size or block_size
     sample = stats.sample if stats.scale is None else stats.sample / stats.scale
     share = np.ones(sample.shape[0]) if stats.represents is None else stats.represents
     if getattr(quantizer, "row_length", 0):  # a sample has no rows: classes are added below
@@ -190,17 +194,25 @@ def estimate(stats: TensorStats, quantizer: Quantizer, block_size: int
         extra = float(np.sum(rare_counts * np.maximum(
             0.0, np.log2(size / np.maximum(rare_counts, 1)) - entropy)))
         loss = -math.log2(1.0 - min(0.5, float(rare_counts.sum()) / size))
-        table = 8.0 * _table_bytes(seen, p * size, rare, rare_counts)
+        # A group may be several small blocks, each with its own table (and its own row
+        # classes).
+        blocks = max(1, round(size / block_size))
+        if blocks > 1:  # a block's table: the symbols it likely holds, at their rates
+            each = size / blocks
+            likely = p * each >= 0.5
+            table = 8.0 * blocks * _table_bytes(seen[likely], p[likely] * each,
+                                                 np.zeros(0, np.int64), np.zeros(0))
+        else:
+            table = 8.0 * _table_bytes(seen, p * size, rare, rare_counts)
         bits += (entropy + loss + stats.rate_bias) * size + extra + table
         most = getattr(quantizer, "row_classes", 1)
         if stats.row_level is not None and most > 1 and chosen.size:
-            rows = size / stats.row_length
             key = (int(chosen[0]), chosen.shape[0], most)
             if key not in stats._classes:
-                stats._classes[key] = rowclasses.sample_classes(stats.row_level[chosen], rows,
-                                                                most)
+                stats._classes[key] = rowclasses.sample_classes(
+                    stats.row_level[chosen], size / blocks / stats.row_length, most)
             bits -= rowclasses.estimated_gain(symbols, stats._classes[key], weights, size,
-                                              rows)
+                                              size / stats.row_length, blocks)
         rebuilt = quantizer.dequantize({"codes": symbols}, side, symbols.shape[0])
         residual = sample[chosen] - rebuilt
         if stats.scale is not None:
@@ -340,8 +352,8 @@ def plan(stats: list[TensorStats], quantizer: Quantizer, *, target_bpw: float | 
     overhead = overhead or Overhead()
     fixed_bits = 8 * (overhead.payload_factor * sum(s.exact_bytes for s in stats)
                       + overhead.archive + overhead.manifest_entry * len(stats)
-                      + overhead.block * sum(math.ceil(s.numel / block_size) - 1
-                                             for s in stats if s.lossy)
+                      + overhead.block * sum(math.ceil(s.numel / (s.block_size or block_size))
+                                             - 1 for s in stats if s.lossy)
                       + sum(overhead.lossy if s.lossy else overhead.exact for s in stats))
     signal = sum(s.signal for s in stats)
     fixed_error = sum(s.fixed_error for s in stats)

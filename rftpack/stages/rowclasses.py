@@ -142,18 +142,18 @@ def choose(x: np.ndarray, symbols: np.ndarray, alphabet: int, length: int, most:
 
 def sample_classes(levels: np.ndarray, rows: float, most: int) -> tuple[int, np.ndarray]:
     """(k, class of each sampled code) of a sample whose codes' rows have these ``levels``,
-    in the finest classes :func:`choose` would try on a block of ``rows`` rows (k = 1: none).
+    in the finest classes :func:`choose` would try on blocks of ``rows`` rows (k = 1: none).
     They do not depend on the step: rate control computes them once."""
     k = finest(most, rows)
     return k, quantile_classes(levels, k).astype(np.int64)
 
 
 def estimated_gain(codes: np.ndarray, classes: tuple[int, np.ndarray], weights: np.ndarray,
-                   size: float, rows: float) -> float:
-    """Bits that row classes save on a block of ``size`` codes in ``rows`` rows, estimated
-    from a sample: its ``codes``, their :func:`sample_classes` and how many codes each stands
-    for (rate control's mirror of :func:`choose`, with its finest classes only; 0 when one
-    table is cheaper).
+                   size: float, rows: float, blocks: int = 1) -> float:
+    """Bits that row classes save on ``size`` codes in ``rows`` rows, cut into ``blocks``
+    coder blocks (each with its own tables), estimated from a sample: its ``codes``, their
+    :func:`sample_classes` and how many codes each stands for (rate control's mirror of
+    :func:`choose`, with its finest classes only; 0 when one table is cheaper).
 
     >>> rng = np.random.default_rng(0)
     >>> levels = np.repeat(rng.normal(size=256), 64)
@@ -191,9 +191,10 @@ def estimated_gain(codes: np.ndarray, classes: tuple[int, np.ndarray], weights: 
         entropy = 2.0 * entropy - information(half, classes)[0]
         # each table: a nibble per symbol seen and a few bytes of runs and escapes (what
         # matters is the difference between one table and several, within a few bytes)
-        tables = float(seen.sum() / 2 + TABLE_EXTRA_BYTES * classes)
+        tables = float(seen.sum() / 2 + TABLE_EXTRA_BYTES * classes) * blocks
         return entropy * size + 8.0 * tables
 
     # Only the finest classes: where fewer would pay more (small blocks) the encoder does
     # better than estimated, which errs on the side of meeting a target.
-    return max(0.0, bits(1) - bits(k) - rows * math.log2(k) - 8.0 * SEGMENT_BYTES * k)
+    return max(0.0, bits(1) - bits(k) - rows * math.log2(k)
+               - 8.0 * SEGMENT_BYTES * k * blocks)
