@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--lossless", action="store_true", help="store every tensor bit-exactly")
     c.add_argument("--transform", help="transform stage id (e.g. rft, identity)")
     c.add_argument("--quantizer", help="quantizer stage id (e.g. polar)")
-    c.add_argument("--coder", help="entropy coder stage id: rans, zstd or raw")
+    c.add_argument("--coder", help="entropy coder stage id: rans, floatplanes, zstd or raw "
+                                   "(--bpw needs rans: its size model is rans's)")
     c.add_argument("--quant-amp-bits", type=int, help="log-amplitude bits (profile: 6)")
     c.add_argument("--quant-phase-bits", type=int, help="phase bits (profile: 5)")
     c.add_argument("--prune-threshold", type=float,
@@ -81,8 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    dest="quantizer_options",
                    help="set a quantizer parameter, repeatable: e.g. --set states=8 (dq's "
-                        "trellis: 4 … 256 states), --set chain=1024, --set lam=0.3 (an "
-                        "unknown key lists the quantizer's parameters)")
+                        "trellis: 4 … 256 states), --set chain=1024, --set lam=0.3, "
+                        "--set row_classes=1 (scalar/dq: one coder table per block instead "
+                        "of up to 4 classes of rows; an unknown key lists the quantizer's "
+                        "parameters)")
     c.add_argument("--predictor", help="residual predictor stage id (default: the profile's)")
     c.add_argument("--no-predictor", action="store_true",
                    help="do not train a residual predictor")
