@@ -486,9 +486,8 @@ def class_row_length(array: np.ndarray, lossy: LossyPipeline | None,
     """Weights per row of a lossy matrix (or higher-dimensional tensor) whose quantizer codes
     rows in classes (``row_classes`` > 1 on the identity transform), else 0.
 
-    >>> from rftpack.profiles import PROFILES
-    >>> class_row_length(np.zeros((300, 64), np.float32), CompressOptions(profile="dq").build()[1],
-    ...                  CompressOptions())
+    >>> options = CompressOptions(profile="dq")
+    >>> class_row_length(np.zeros((300, 64), np.float32), options.build()[1], options)
     64
     """
     if lossy is None or getattr(lossy.quantizer, "row_classes", 1) <= 1 \

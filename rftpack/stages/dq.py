@@ -243,41 +243,25 @@ def _group_tables(states: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def replay(k: np.ndarray, chain: int, states: int = 4) -> np.ndarray:
-    """Reconstruction levels (in units of Δ) of indices ``k``, replaying the state machine:
-    for each chain a group of REPLAY_GROUP indices at a time (two table lookups per group,
-    vectorised over chains), then every level at once.
+    """Reconstruction levels (in units of Δ) of indices ``k``, replaying the state machine
+    (:func:`decode_symbols` on their zig-zag symbols).
 
     >>> replay(np.array([1, 2, -1, 0, 3]), chain=5, states=4).tolist()
     [2.0, 3.0, -2.0, 0.0, 6.0]
     """
-    n = k.shape[0]
-    if n == 0:
-        return np.zeros(0, np.float64)
-    group = REPLAY_GROUP
-    width = -(-chain // group) * group  # chains padded to whole groups
-    padded = _padded(k, chain, np.int64)
-    if width != chain:
-        padded = np.pad(padded, ((0, 0), (0, width - chain)))
-    parities = (padded & 1).astype(np.uint8).reshape(padded.shape[0], -1, group)
-    patterns = np.bitwise_or.reduce(parities << np.arange(group, dtype=np.uint8), axis=2)
-    after, quantizer_bits = _group_tables(states)
-    bits = np.empty(patterns.shape, np.uint8)
-    state = np.zeros(patterns.shape[0], np.intp)
-    for g in range(patterns.shape[1]):
-        pattern = patterns[:, g]
-        bits[:, g] = quantizer_bits[state, pattern]
-        state = after[state, pattern]
-    q1 = np.unpackbits(bits, axis=1, bitorder="little")  # 1 where the index used Q1
-    levels = 2 * padded - q1 * np.sign(padded)
-    return levels[:, :chain].reshape(-1)[:n].astype(np.float64)
+    k = k.astype(np.int64)
+    symbols = (k << 1) ^ (k >> 63)  # zig-zag, not narrowed to 16 bits
+    alphabet = int(symbols.max()) + 1 if symbols.size else 1
+    return decode_symbols(symbols, alphabet, chain, states, 1.0)
 
 
 def decode_symbols(symbols: np.ndarray, alphabet: int, chain: int, states: int,
                    step: float) -> np.ndarray:
-    """``replay(unzigzag(symbols), chain, states) * step`` straight from the zig-zag symbols,
-    with small tables in place of passes over the indices: each symbol's parity by lookup,
-    eight parities to a byte (the replay's group patterns), and each value by one lookup of
-    (symbol, quantizer) in a table of reconstruction values.
+    """Decoded values of zig-zag ``symbols``: each chain of ``chain`` replays the state
+    machine REPLAY_GROUP indices at a time (two table lookups per group, vectorised over
+    chains), with small tables in place of passes over the indices: each symbol's parity by
+    lookup, eight parities to a byte (the group patterns), and each value by one lookup of
+    (symbol, quantizer) in a table of reconstruction values × ``step``.
 
     >>> s = zigzag(np.array([1, 2, -1, 0, 3]))
     >>> decode_symbols(s, 7, chain=5, states=4, step=0.5).tolist()

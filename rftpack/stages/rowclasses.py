@@ -133,7 +133,8 @@ def choose(x: np.ndarray, symbols: np.ndarray, alphabet: int, length: int, most:
         row_class = finest_class // (k // classes)
         merged = counts.reshape(classes, k // classes, alphabet).sum(axis=1)
         bits = sum(coded_bits(c) for c in merged) \
-            + coded_bits(np.bincount(row_class, minlength=classes)) + 8.0 * SEGMENT_BYTES * classes
+            + coded_bits(np.bincount(row_class, minlength=classes)) \
+            + 8.0 * SEGMENT_BYTES * classes
         if bits < best_bits:
             best, best_bits = row_class, bits
         classes *= 2
@@ -168,6 +169,7 @@ def estimated_gain(codes: np.ndarray, classes: tuple[int, np.ndarray], weights: 
     # Wide codes (fine steps, far from any target): their rare tail in one bin is enough.
     alphabet = min(int(codes.max()) + 1, ESTIMATE_ALPHABET)
     codes = np.minimum(codes, alphabet - 1)
+
     def histogram(every: int) -> np.ndarray:
         joint = finest_class[::every] * alphabet + codes[::every]
         return np.bincount(joint, weights=weights[::every],
