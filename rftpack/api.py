@@ -359,8 +359,7 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
                 stats[-1].row_level = levels[positions // length]
             whole_rows = length or (rows[0].length if rows is not None else 0)
             if whole_rows:  # the encoder's blocks: whole rows (as _with_row_length, _for_rows)
-                stats[-1].block_size = max(whole_rows,
-                                           lossy.block_size // whole_rows * whole_rows)
+                stats[-1].block_size = whole_rows_block(lossy.block_size, whole_rows)
         else:
             width = mantissa_bits(array.dtype)
             if not options.exact_small and width is not None and width > MIN_BITS and array.size:
@@ -510,7 +509,17 @@ def _with_row_length(lossy: LossyPipeline | None, array: np.ndarray, options: Co
     assert lossy is not None
     quantizer = dataclasses.replace(lossy.quantizer, row_length=length)
     return dataclasses.replace(lossy, quantizer=quantizer,
-                               block_size=lossy.block_size // length * length)
+                               block_size=whole_rows_block(lossy.block_size, length))
+
+
+def whole_rows_block(block_size: int, length: int) -> int:
+    """The block size for a tensor coded in whole rows of ``length``: the most whole rows
+    within ``block_size``, at least one.
+
+    >>> whole_rows_block(1 << 20, 384), whole_rows_block(1000, 1500)
+    (1048320, 1500)
+    """
+    return max(length, block_size // length * length)
 
 
 def _row_steps(name: str, array: np.ndarray, options: CompressOptions
@@ -535,7 +544,7 @@ def _for_rows(lossy: LossyPipeline | None, rows: RowSteps, base: float
     blocks of whole rows."""
     if lossy is None or not getattr(lossy.quantizer, "step", 0) > 0:
         return lossy
-    block = max(rows.length, lossy.block_size // rows.length * rows.length)
+    block = whole_rows_block(lossy.block_size, rows.length)
     quantizer = dataclasses.replace(lossy.quantizer, step=lossy.quantizer.step * base)
     return dataclasses.replace(lossy, quantizer=quantizer, block_size=block)
 
