@@ -59,6 +59,7 @@ from rftpack.ratecontrol import (
 from rftpack.residual import ResidualSampler, TrainedResidual
 from rftpack.rounding import MIN_BITS, Candidate, mantissa_bits, plan_rounding, squared_errors
 from rftpack.stages.base import Coder, Predictor, Quantizer, Transform
+from rftpack.stages.dct import RowDCT, rows_pay
 from rftpack.stages.rowclasses import row_levels
 from rftpack.stages.scalar import RowSteps
 
@@ -115,6 +116,10 @@ class CompressOptions:
     #: tensors) are rounded near-losslessly (:mod:`rftpack.rounding`); True keeps them
     #: bit-exact.
     exact_small: bool = False
+    #: ``scalar``/``dq`` on the identity transform: "auto" codes a matrix whose neighbouring
+    #: rows are alike (a learned position-embedding table) through the ``dct`` transform
+    #: where that saves bits (:func:`rftpack.stages.dct.rows_pay`); "off" never does.
+    row_dct: str = "auto"
     layout: str | None = None
     payload: str = "binary"
     overwrite: bool = False
@@ -183,6 +188,8 @@ class CompressOptions:
             if self.target_bpw is None and self.target_snr_db is None:
                 raise StageError("row weights steer rate control: give a target (--bpw or "
                                  "--snr-db) with them")
+        if self.row_dct not in ("auto", "off"):
+            raise StageError(f"row_dct must be 'auto' or 'off', got {self.row_dct!r}")
         profile = get_profile(self.profile)
         transform = (self.transform or profile.transform or {}).get("name")
         quantizer = (self.quantizer or profile.quantizer or {}).get("name")
@@ -256,9 +263,10 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
             entries, totals, row_weighted, calibrated = [], _Totals(), [], []
             for info in progress(infos):
                 array = model.read(info.name)
-                pipeline = _with_row_length(_with_step(lossy, rate_plan, info.name, options),
-                                            array, options)
                 rows = _row_steps(info.name, array, options)
+                dct = None if rows is not None else row_dct(info.name, array, lossy, options)
+                pipeline = _with_row_length(_with_row_dct(
+                    _with_step(lossy, rate_plan, info.name, options), dct), array, options)
                 rounded = None
                 if rows is not None:
                     pipeline = _for_rows(pipeline, *rows)
@@ -332,6 +340,10 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
             precision = float(ml_dtypes.finfo(array.dtype).eps) / 2
             rows = _row_steps(info.name, array, options)
             length = class_row_length(array, lossy, options)
+            dct = None if rows is not None else row_dct(info.name, array, lossy, options)
+            if dct is not None:  # sampled as the encoder's quantizer will see it
+                values = finite = _row_dct_coefficients(values, dct, lossy.block_size)
+                peak = float(np.max(np.abs(finite)))
             if rows is None:
                 extremes, where = extremes_of(finite)
                 stats.append(TensorStats(info.name, info.numel, True, signal, peak,
@@ -357,8 +369,9 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
                     levels = levels - np.log2(multipliers)
                 stats[-1].row_length = length
                 stats[-1].row_level = levels[positions // length]
-            whole_rows = length or (rows[0].length if rows is not None else 0)
-            if whole_rows:  # the encoder's blocks: whole rows (as _with_row_length, _for_rows)
+            whole_rows = length or (rows[0].length if rows is not None
+                                    else dct.row_length if dct is not None else 0)
+            if whole_rows:  # the encoder's blocks: whole rows (as _with_row_dct, _for_rows …)
                 stats[-1].block_size = whole_rows_block(lossy.block_size, whole_rows)
         else:
             width = mantissa_bits(array.dtype)
@@ -483,20 +496,70 @@ def _with_step(lossy: LossyPipeline | None, rate_plan: RatePlan | None, name: st
 def class_row_length(array: np.ndarray, lossy: LossyPipeline | None,
                      options: CompressOptions) -> int:
     """Weights per row of a lossy matrix (or higher-dimensional tensor) whose quantizer codes
-    rows in classes (``row_classes`` > 1 on the identity transform), else 0.
+    rows in classes (``row_classes`` > 1 on the identity or ``dct`` transform), else 0.
 
     >>> options = CompressOptions(profile="dq")
     >>> class_row_length(np.zeros((300, 64), np.float32), options.build()[1], options)
     64
     """
     if lossy is None or getattr(lossy.quantizer, "row_classes", 1) <= 1 \
-            or lossy.transform.id != "identity" or array.ndim < 2 or not array.shape[0] \
+            or lossy.transform.id not in ROW_TRANSFORMS or array.ndim < 2 or not array.shape[0] \
             or not is_lossy_candidate(array, min_numel=options.min_lossy_numel,
                                       lossy_1d=options.lossy_1d):
         return 0
     length = array.size // array.shape[0]
     # a block of fewer than 4 rows can have no classes (2 rows each, at least 2 classes)
     return length if lossy.block_size // length >= 4 else 0
+
+
+#: transforms whose coefficients keep the weights' rows (row classes apply to them)
+ROW_TRANSFORMS = ("identity", "dct")
+
+
+def row_dct(name: str, array: np.ndarray, lossy: LossyPipeline | None,
+            options: CompressOptions) -> RowDCT | None:
+    """The ``dct`` transform for a tensor it pays on (``row_dct="auto"``, ``scalar``/``dq`` on
+    the identity transform, a finite matrix whose neighbouring rows are alike), else None.
+    Not with ``max_rel_error`` (an error bound on coefficients bounds no single weight), row
+    weights or calibrated rounding (both work on the weights' own grid).
+
+    >>> options = CompressOptions(profile="dq")
+    >>> table = np.cumsum(np.random.default_rng(0).normal(size=(512, 64)), axis=0)
+    >>> row_dct("pos.weight", table, options.build()[1], options)
+    RowDCT(row_length=64)
+    """
+    if (options.row_dct != "auto" or lossy is None or lossy.transform.id != "identity"
+            or not hasattr(lossy.quantizer, "row_classes") or options.max_rel_error is not None
+            or array.ndim < 2 or array.shape[0] < 2
+            or not is_lossy_candidate(array, min_numel=options.min_lossy_numel,
+                                      lossy_1d=options.lossy_1d)
+            or (options.row_importance is not None
+                and lookup_importance(options.row_importance, name) is not None)
+            or (options.input_covariance is not None
+                and lookup_importance(options.input_covariance, name) is not None)):
+        return None
+    values = array.astype(np.float64).reshape(array.shape[0], -1)
+    if not np.all(np.isfinite(values)):
+        return None
+    length = values.shape[1]
+    if not rows_pay(values, whole_rows_block(lossy.block_size, length) // length):
+        return None
+    return RowDCT(row_length=length)
+
+
+def _with_row_dct(lossy: LossyPipeline | None, dct: RowDCT | None) -> LossyPipeline | None:
+    """The pipeline for a tensor coded through ``dct``: blocks of whole rows."""
+    if lossy is None or dct is None:
+        return lossy
+    return dataclasses.replace(lossy, transform=dct,
+                               block_size=whole_rows_block(lossy.block_size, dct.row_length))
+
+
+def _row_dct_coefficients(values: np.ndarray, dct: RowDCT, block_size: int) -> np.ndarray:
+    """The coefficients the encoder will quantize: ``dct`` over each block of whole rows."""
+    block = whole_rows_block(block_size, dct.row_length)
+    return np.concatenate([dct.forward(values[i:i + block])
+                           for i in range(0, values.shape[0], block)])
 
 
 def _with_row_length(lossy: LossyPipeline | None, array: np.ndarray, options: CompressOptions

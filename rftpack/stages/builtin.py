@@ -7,10 +7,11 @@ from rftpack.hookspecs import hookimpl
 
 @hookimpl
 def rftpack_transforms() -> list[type]:
+    from rftpack.stages.dct import RowDCT
     from rftpack.stages.identity import Identity
     from rftpack.stages.rft import RFT
 
-    return [RFT, Identity]
+    return [RFT, Identity, RowDCT]
 
 
 @hookimpl

@@ -42,6 +42,9 @@ def sample_state(seed: int = 0) -> dict[str, np.ndarray]:
         "a.b": np.array([1, 2, 3], np.int32),
         "a_b": np.array([4, 5, 6], np.int32),
         "weird name/\u00e4": np.array([7, 8], np.int16),
+        # neighbouring rows alike (a position table): scalar and dq take the dct (§8.2.1)
+        "pos.weight": (np.sin(np.linspace(0, 3, 96)[:, None] * np.linspace(1, 4, 40)[None, :])
+                       + 0.01 * rng.normal(size=(96, 40))).astype(np.float32),
     }
 
 

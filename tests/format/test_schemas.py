@@ -129,7 +129,7 @@ def test_written_archives_cover_the_format(format_archives):
                 assert payload["file"] in members
     assert seen >= {
         "predictor-file", "hybrid/binary", "hybrid/base64", "exact/binary", "exact/base64",
-        "layout/directory", "layout/zip", "stage/rft", "stage/identity", "stage/polar",
+        "layout/directory", "layout/zip", "stage/rft", "stage/identity", "stage/dct", "stage/polar",
         "stage/rans", "stage/zstd", "stage/raw", "nonfinite", "multi-block", "no-blocks",
         "keep_mask", "nothing-kept", "snr-null", "hashed-stem",
     }, seen

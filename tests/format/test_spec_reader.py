@@ -223,6 +223,14 @@ def phase_factors(n: int, m: int, beta: float, sigma: float) -> np.ndarray:
 def inverse_transform(stage: dict, coefficients: np.ndarray, n: int) -> np.ndarray:
     if stage["name"] == "identity":
         return coefficients.real[:n].astype(np.float64)
+    if stage["name"] == "dct":  # §8.2.1, straight from the sum (no FFT)
+        length = stage["configuration"].get("row_length", 1)
+        assert n % length == 0
+        m = n // length
+        k, r = np.meshgrid(np.arange(m), np.arange(m), indexing="ij")
+        basis = np.cos(np.pi * k * (2 * r + 1) / (2 * m))
+        basis *= np.where(k == 0, np.sqrt(1.0 / m), np.sqrt(2.0 / m))
+        return (basis.T @ coefficients.real.reshape(m, length)).reshape(-1)
     assert stage["name"] == "rft"
     config = stage["configuration"]
     factors = phase_factors(n, coefficients.shape[0], config.get("beta", 1.0),
@@ -231,7 +239,7 @@ def inverse_transform(stage: dict, coefficients: np.ndarray, n: int) -> np.ndarr
 
 
 def coefficient_count(stage: dict, n: int) -> int:
-    return n if stage["name"] == "identity" else n // 2 + 1
+    return n if stage["name"] in ("identity", "dct") else n // 2 + 1
 
 
 def geometric_bands(m: int, band_min: int, growth: float) -> list[tuple[int, int]]:
@@ -321,7 +329,8 @@ def decode_v2(members: Members, entry: dict, predictor) -> np.ndarray:
             out[start:start + n] = np.frombuffer(data.tobytes(), dtype)
         else:
             if stages[1]["name"] in ("scalar", "dq"):
-                x = decode_grid_block(block, stages[1], coder, segment, n)
+                x = inverse_transform(stages[0],
+                                      decode_grid_block(block, stages[1], coder, segment, n), n)
             else:
                 x = decode_polar_block(c, block, stages, coder, segment, n,
                                        predictor if entry["predictor"] else None)

@@ -10,6 +10,7 @@ import pytest
 from rftpack.errors import StageError
 from rftpack.plugins import Registry, new_manager
 from rftpack.stages.base import KINDS, Stage, symbol_dtype
+from rftpack.stages.dct import RowDCT
 from rftpack.stages.dq import DependentQuantizer
 from rftpack.stages.floatplanes import FloatPlanesCoder
 from rftpack.stages.identity import Identity
@@ -22,7 +23,7 @@ from rftpack.stages.scalar import ScalarQuantizer
 from rftpack.stages.zstd import ZstdCoder
 
 INSTANCES = [
-    RFT(), RFT(beta=0.25, sigma=3.0), Identity(),
+    RFT(), RFT(beta=0.25, sigma=3.0), Identity(), RowDCT(), RowDCT(row_length=384),
     PolarQuantizer(), PolarQuantizer(amp_bits=8, phase_bits=7, prune_threshold=0.01,
                                      prune_mode="absolute"),
     ScalarQuantizer(), ScalarQuantizer(step=0.01, centroid=False),
