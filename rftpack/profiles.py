@@ -65,11 +65,11 @@ PROFILES: dict[str, Profile] = {
     "dq": Profile(
         name="dq",
         description="dependent (trellis-coded) scalar quantization as in NNCodec, with a "
-                    "64-state trellis (NNCodec: 8): 1.1–1.2 dB over 'scalar' at equal rate "
-                    "on MiniLM; encodes ~5× slower than it with numba (rftpack[fast]), ~30× "
-                    "without; --set states=8 is ~2× faster, 0.2 dB worse",
+                    "256-state trellis (NNCodec: 8): 1.2–1.3 dB over 'scalar' at equal rate "
+                    "on MiniLM; encodes ~5× slower than it with numba (rftpack[fast]), ~10× "
+                    "slower again without; --set states=64 encodes 2× faster, 0.1 dB worse",
         transform={"name": "identity", "configuration": {}},
-        quantizer={"name": "dq", "configuration": {"rel_step": 0.06, "states": 64,
+        quantizer={"name": "dq", "configuration": {"rel_step": 0.06, "states": 256,
                                                    "chain": 1024, "row_classes": 4}},
         coder={"name": "rans", "configuration": {}},
         exact_coder=_floatplanes(),

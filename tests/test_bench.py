@@ -95,7 +95,7 @@ def test_settings_cover_every_profile_and_filter() -> None:
         "amp_bits": 6, "phase_bits": 5}
     if "scalar" in PROFILES:
         scalar = [s.params.get("target_bpw") for s in settings if s.family == "rftpack scalar"]
-        assert scalar == [8.0, 6.4, 5.0, 3.5]
+        assert scalar == [7.986, 6.388, 4.944, 3.432]
     only_peers = all_settings(quick=True, codecs=("gguf", "zstd"))
     assert {s.codec for s in only_peers} == {"gguf", "zstd"}
     from rftpack.errors import InputError
@@ -137,7 +137,7 @@ def test_optional_peers_round_trip(peer: str, tiny_model: Path, tmp_path: Path) 
 
 
 def test_calibrated_settings_sweep_the_rate_controlled_profiles() -> None:
-    from rftpack.bench.settings import SCALAR_BPW, calibrated_settings
+    from rftpack.bench.settings import CALIBRATED_BPW, calibrated_settings
 
     weights = {"encoder.w": 2.0}
     settings = calibrated_settings(weights)
@@ -145,7 +145,7 @@ def test_calibrated_settings_sweep_the_rate_controlled_profiles() -> None:
     assert families == {"rftpack scalar (calibrated)", "rftpack dq (calibrated)"}
     for family in families:
         rows = [s for s in settings if s.family == family]
-        assert [s.params["target_bpw"] for s in rows] == SCALAR_BPW
+        assert [s.params["target_bpw"] for s in rows] == CALIBRATED_BPW
         assert all(s.params["importance"] == weights for s in rows)
 
 

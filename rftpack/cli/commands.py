@@ -144,7 +144,7 @@ def _hint_numba(options: CompressOptions, console: Console) -> None:
     if lossy is not None and lossy.quantizer.id == "dq" and \
             importlib.util.find_spec("numba") is None:
         console.print("dq: numba is not installed, so the trellis search runs in numpy, about "
-                      "6× slower (pip install 'rftpack[fast]'); the archive is the same",
+                      "10× slower (pip install 'rftpack[fast]'); the archive is the same",
                       highlight=False)
 
 
