@@ -395,7 +395,7 @@ def plan(stats: list[TensorStats], quantizer: Quantizer, *, target_bpw: float | 
         return RatePlan(None, steps, (bits + fixed_bits) / weights, _snr(signal, error))
 
     rms = math.sqrt(sum(s.signal for s in lossy) / sum(s.numel for s in lossy)) or 1.0
-    lo, hi = math.log(rms * 1e-5), math.log(rms * 20.0)
+    wide = lo, hi = math.log(rms * 1e-5), math.log(rms * 20.0)
     evaluations = 60  # cheap for the scalar quantizer over its wide bracket
     if quantizer.id != "scalar":
         # Slow quantizers (trellis search): bracket with the scalar quantizer's answer first,
@@ -411,7 +411,8 @@ def plan(stats: list[TensorStats], quantizer: Quantizer, *, target_bpw: float | 
                              f"and containers ({fixed_bits / weights:.3f} bits per weight)")
         goal, which = target_bpw * weights * (1 - RATE_MARGIN), 0
     else:
-        goal, which = signal / 10 ** (target_snr_db / 10), 1  # type: ignore[operator]
+        # (an all-zero model has no error to bound: every step meets the target)
+        goal, which = max(signal / 10 ** (target_snr_db / 10), 1e-300), 1  # type: ignore[operator]
     measured: dict[float, tuple[float, float]] = {}
 
     def excess(log_step: float) -> float:
@@ -420,6 +421,10 @@ def plan(stats: list[TensorStats], quantizer: Quantizer, *, target_bpw: float | 
         return math.log(max(measured[log_step][which], 1e-300) / goal)
 
     log_step = _root(excess, lo, hi, evaluations)
+    if excess(log_step) > 0 and (lo, hi) != wide:
+        # the scalar proxy's bracket missed (e.g. a constant tensor that lies on the scalar
+        # grid but not on dq's): search the wide one with the real quantizer
+        log_step = _root(excess, *wide, 16)
     bits, error = measured[log_step]
     step = math.exp(log_step)
     steps = {s.name: step / math.sqrt(s.weight) for s in lossy if s.weight != 1.0}
