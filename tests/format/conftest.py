@@ -42,7 +42,8 @@ def sample_state(seed: int = 0) -> dict[str, np.ndarray]:
         "a.b": np.array([1, 2, 3], np.int32),
         "a_b": np.array([4, 5, 6], np.int32),
         "weird name/\u00e4": np.array([7, 8], np.int16),
-        # neighbouring rows alike (a position table): scalar and dq take the dct (§8.2.1)
+        # neighbouring rows alike (a position table): the scalar and dq variants ask for the
+        # dct (§8.2.1)
         "pos.weight": (np.sin(np.linspace(0, 3, 96)[:, None] * np.linspace(1, 4, 40)[None, :])
                        + 0.01 * rng.normal(size=(96, 40))).astype(np.float32),
     }
@@ -82,12 +83,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "exact_coder": {"name": "raw", "configuration": {}},
         "quantizer_overrides": {"prune_mode": "absolute", "prune_threshold": 1e9},
     }),
-    "scalar": ("sample", {"layout": "zip", "profile": "scalar", "target_snr_db": 30.0}),
+    "scalar": ("sample", {"layout": "zip", "profile": "scalar", "target_snr_db": 30.0,
+                          "row_dct": "auto"}),
     "scalar-rows": ("sample", {
         "layout": "directory", "profile": "scalar", "target_snr_db": 30.0,
         "row_importance": {"enc.layer.0.weight": np.geomspace(0.1, 30.0, 64)},
     }),
-    "dq": ("sample", {"layout": "zip", "profile": "dq", "target_snr_db": 30.0}),
+    "dq": ("sample", {"layout": "zip", "profile": "dq", "target_snr_db": 30.0,
+                      "row_dct": "auto"}),
     "dq-rows-8": ("sample", {
         "layout": "directory", "profile": "dq", "target_snr_db": 30.0,
         "quantizer_overrides": {"states": 8, "chain": 7},

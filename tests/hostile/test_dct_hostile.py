@@ -155,7 +155,7 @@ def compress_one(tmp: Path, state: dict[str, np.ndarray], name: str, **settings_
     source = tmp / f"{name}.safetensors"
     save_file(state, str(source))
     out = tmp / f"{name}.rftp"
-    rftpack.compress(source, out, overwrite=True, **settings_)
+    rftpack.compress(source, out, overwrite=True, **{"row_dct": "auto", **settings_})
     return out
 
 
@@ -173,7 +173,7 @@ def dct_archive(tmp_path_factory: pytest.TempPathFactory
     source = tmp / "m.safetensors"
     save_file({"pos": table}, str(source))
     out = tmp / "archive"
-    rftpack.compress(source, out, profile="dq", layout="directory",
+    rftpack.compress(source, out, profile="dq", layout="directory", row_dct="auto",
                      quantizer_overrides={"step": STEP})
     container = containers(out)["pos"]
     assert dct_record(container)["configuration"] == {"row_length": POS_WIDTH}
@@ -305,7 +305,8 @@ def big_archive(tmp_path_factory: pytest.TempPathFactory
     source = tmp / "big.safetensors"
     save_file({"pos": table}, str(source))
     out = tmp / "archive"
-    rftpack.compress(source, out, profile="scalar", layout="directory", block_size=BIG_BLOCK,
+    rftpack.compress(source, out, profile="scalar", layout="directory", row_dct="auto",
+                     block_size=BIG_BLOCK,
                      quantizer_overrides={"step": STEP})
     return out, table, decode_all(out)["pos"]
 
@@ -574,7 +575,7 @@ def test_bpw_target_is_met_with_the_dct(rate_source, tmp_path: Path, target: flo
     the average rate. So the dct archives land 2–3 % under, identity ones < 1 %.)"""
     source, numel = rate_source
     out = tmp_path / "a.rftp"
-    rftpack.compress(source, out, profile="dq", target_bpw=target)
+    rftpack.compress(source, out, profile="dq", target_bpw=target, row_dct="auto")
     assert transform_of(containers(out)["pos.weight"]) == "dct"
     assert transform_of(containers(out)["layer.weight"]) == "identity"
     bpw = out.stat().st_size * 8 / numel
@@ -587,7 +588,7 @@ def test_compressing_twice_gives_identical_archives(rate_source, tmp_path: Path,
     source, _ = rate_source
     a, b = tmp_path / "a.rftp", tmp_path / "b.rftp"
     for out in (a, b):
-        rftpack.compress(source, out, profile=profile, target_bpw=3.0)
+        rftpack.compress(source, out, profile=profile, target_bpw=3.0, row_dct="auto")
     assert a.read_bytes() == b.read_bytes()
     assert transform_of(containers(a)["pos.weight"]) == "dct"
 
@@ -605,7 +606,7 @@ def cli_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize(("flag", "expected"), [(["--row-dct", "off"], "identity"),
                                                 (["--row-dct", "auto"], "dct"),
-                                                ([], "dct")])
+                                                ([], "identity")])  # off by default
 def test_cli_row_dct(cli_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                      flag: list[str], expected: str) -> None:
     out = tmp_path / "out.rftp"

@@ -85,15 +85,17 @@ def test_rows_pay_only_where_rows_are_alike():
 
 def test_row_dct_conditions():
     table = _position_table()
-    options = CompressOptions(profile="dq")
+    options = CompressOptions(profile="dq", row_dct="auto")
     lossy = options.build()[1]
     assert row_dct("pos", table, lossy, options) == RowDCT(row_length=64)
     assert row_dct("pos", table.reshape(512, 8, 8), lossy, options) == RowDCT(row_length=64)
     off = CompressOptions(profile="dq", row_dct="off")
     assert row_dct("pos", table, off.build()[1], off) is None
-    bound = CompressOptions(profile="dq", max_rel_error=0.01)
+    default = CompressOptions(profile="dq")  # off by default (model fidelity at low rates)
+    assert row_dct("pos", table, default.build()[1], default) is None
+    bound = CompressOptions(profile="dq", max_rel_error=0.01, row_dct="auto")
     assert row_dct("pos", table, bound.build()[1], bound) is None
-    hybrid = CompressOptions(profile="hybrid")
+    hybrid = CompressOptions(profile="hybrid", row_dct="auto")
     assert row_dct("pos", table, hybrid.build()[1], hybrid) is None
     broken = table.copy()
     broken[3, 3] = np.nan
@@ -106,7 +108,7 @@ def _compress(tmp_path, state, name, **settings):
     src = tmp_path / "model.safetensors"
     save_file(state, str(src))
     out = tmp_path / name
-    rftpack.compress(src, out, overwrite=True, **settings)
+    rftpack.compress(src, out, overwrite=True, **{"row_dct": "auto", **settings})
     with rftpack.open(out) as archive:
         decoded = {k: archive.get_tensor(k) for k in archive.keys()}
         transforms = {k: archive.container(k)["stages"][0]["name"] for k in archive.keys()
