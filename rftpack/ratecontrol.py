@@ -421,7 +421,7 @@ def plan(stats: list[TensorStats], quantizer: Quantizer, *, target_bpw: float | 
         return math.log(max(measured[log_step][which], 1e-300) / goal)
 
     log_step = _root(excess, lo, hi, evaluations)
-    if excess(log_step) > 0 and (lo, hi) != wide:
+    if measured[log_step][which] > goal and (lo, hi) != wide:
         # the scalar proxy's bracket missed (e.g. a constant tensor that lies on the scalar
         # grid but not on dq's): search the wide one with the real quantizer
         log_step = _root(excess, *wide, 16)

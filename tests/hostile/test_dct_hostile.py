@@ -26,6 +26,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 import pytest
+from archive_helpers import containers, decode_all, same_values
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
@@ -60,25 +61,7 @@ def sine_table(rows: int, width: int = 64) -> np.ndarray:
                           * np.linspace(1, 3, width)[None, :])).astype(np.float32)
 
 
-def same_values(a: np.ndarray, b: np.ndarray) -> bool:
-    """Bit-for-bit equal arrays (NaN payloads included), of any float dtype."""
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    if a.size == 0:
-        return True
-    view = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize]
-    return bool(np.array_equal(np.ascontiguousarray(a).view(view),
-                               np.ascontiguousarray(b).view(view)))
 
-
-def decode_all(path: Path) -> dict[str, np.ndarray]:
-    with rftpack.open(path) as archive:
-        return {name: np.asarray(archive.get_tensor(name)) for name in archive.keys()}
-
-
-def containers(path: Path) -> dict[str, dict[str, Any]]:
-    with rftpack.open(path) as archive:
-        return {name: archive.container(name) for name in archive.keys()}
 
 
 def transform_of(container: dict[str, Any]) -> str | None:

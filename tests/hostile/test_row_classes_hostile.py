@@ -27,6 +27,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 import pytest
+from archive_helpers import containers, decode_all, same_values
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
@@ -63,25 +64,7 @@ def row_scaled(rng: np.random.Generator, rows: int, length: int, spread: float =
     return (rng.normal(size=(rows, length)) * sigma).astype(np.float32)
 
 
-def same_values(a: np.ndarray, b: np.ndarray) -> bool:
-    """Bit-for-bit equal arrays (NaN payloads included), of any float dtype."""
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    if a.dtype.itemsize == 0 or a.size == 0:
-        return True
-    view = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize]
-    return bool(np.array_equal(np.ascontiguousarray(a).view(view),
-                               np.ascontiguousarray(b).view(view)))
 
-
-def decode_all(path: Path) -> dict[str, np.ndarray]:
-    with rftpack.open(path) as archive:
-        return {name: np.asarray(archive.get_tensor(name)) for name in archive.keys()}
-
-
-def containers(path: Path) -> dict[str, dict[str, Any]]:
-    with rftpack.open(path) as archive:
-        return {name: archive.container(name) for name in archive.keys()}
 
 
 def quantizer_record(container: dict[str, Any]) -> dict[str, Any]:
