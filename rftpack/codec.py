@@ -411,7 +411,10 @@ def pipeline_of(container: dict[str, Any]) -> LossyPipeline | ExactPipeline:
     stages = [stage_from_config(r["kind"], r) for r in records]
     for index, (record, stage) in enumerate(zip(records, stages, strict=True)):
         version = record.get("format_version", 1)
-        if not isinstance(version, int) or version > stage.format_version:
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise FormatError(f"{stage.kind} stage {stage.id!r}: format_version must be an "
+                              f"integer, got {version!r}")
+        if version > stage.format_version:
             raise StageError(f"{stage.kind} stage {stage.id!r} wrote format version {version}, "
                              f"but the installed one reads up to {stage.format_version}: upgrade "
                              f"the package {record.get('provider', 'rftpack')!r}")
@@ -464,10 +467,15 @@ def decode_container(container: dict[str, Any], read_segment: Callable[[dict[str
     if not isinstance(blocks, list):
         raise FormatError("payload.blocks must be a list")
     counts = [b.get("count") if isinstance(b, dict) else None for b in blocks]
-    if not all(isinstance(c, int) and 0 < c <= pipeline.block_size for c in counts) \
-            or sum(counts) != numel:  # type: ignore[arg-type]
-        raise FormatError(f"payload blocks cover {counts} weights, but the tensor has {numel} "
-                          f"(block size {pipeline.block_size})")
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in counts):
+        raise FormatError(f"every payload block's count must be a positive integer, got "
+                          f"{counts}")
+    if any(c > pipeline.block_size for c in counts):  # type: ignore[operator]
+        raise FormatError(f"a payload block holds {max(counts)} weights, more than the "
+                          f"container's block_size {pipeline.block_size}")
+    if sum(counts) != numel:  # type: ignore[arg-type]
+        raise FormatError(f"payload blocks cover {sum(counts)} weights, but the tensor has "
+                          f"{numel}")
     out = np.empty(numel, dtype=dtype)
     start = 0
     for block, count in zip(blocks, counts, strict=True):

@@ -192,8 +192,15 @@ REFUSED: list[tuple[str, Edit, str]] = [
     ("format_version=2", set_record(format_version=2), "format version"),
     ("format_version=99", set_record(format_version=99), "format version"),
     ("format_version=0", set_record(format_version=0), "format_version"),
-    ("format_version=1.5", set_record(format_version=1.5), "format"),
+    ("format_version=1.5", set_record(format_version=1.5), "format_version"),
+    # (JSON Schema counts 1.0 as an integer; the reader's own check does not)
+    ("format_version=1.0", set_record(format_version=1.0), "format_version must be an integer"),
+    ("format_version=true", set_record(format_version=True), "format_version"),
     ("format_version='1'", set_record(format_version="1"), "format_version"),
+    # (generic, not the dct's: the messages once read "blocks cover [32768] weights, but the
+    # tensor has 32768")
+    ("block_size=1000", lambda c: c.update(block_size=1000), "more than the container's"),
+    ("count=-1", lambda c: c["payload"]["blocks"][0].update(count=-1), "count"),
     ("kind=quantizer", set_record(kind="quantizer"), "kind"),
     ("name=DCT", set_record(name="DCT"), "DCT"),
     ("name=dct2", set_record(name="dct2"), "dct2"),
