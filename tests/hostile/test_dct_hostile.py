@@ -15,10 +15,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 from archive_helpers import containers, decode_all, same_values
+from archive_helpers import edited_copy as edited_archive
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
@@ -84,22 +82,9 @@ Edit = Callable[[dict[str, Any]], None]
 
 def edited_copy(source: Path, tmp: Path, edit: Edit, name: str = "pos") -> Path:
     """A copy of directory archive ``source`` whose container of ``name`` went through
-    ``edit(container)``; the container's sha256 in the manifest is brought up to date, so only
-    the semantic checks can refuse the result."""
-    out = tmp / "edited"
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(source, out)
-    manifest_path = out / MANIFEST
-    manifest = json.loads(manifest_path.read_text())
-    entry = next(e for e in manifest["tensors"] if e["tensor_name"] == name)
-    container_path = out / entry["file"]
-    container = json.loads(container_path.read_text())
-    edit(container)
-    data = json.dumps(container).encode()
-    container_path.write_bytes(data)
-    entry["container_sha256"] = hashlib.sha256(data).hexdigest()
-    manifest_path.write_text(json.dumps(manifest))
-    return out
+    ``edit(container)``, its hashes brought up to date (only the semantic checks can refuse
+    it)."""
+    return edited_archive(source, tmp, lambda container, _payload: edit(container), name)
 
 
 def dct_record(container: dict[str, Any]) -> dict[str, Any]:

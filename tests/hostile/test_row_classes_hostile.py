@@ -16,10 +16,7 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +24,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 import pytest
-from archive_helpers import containers, decode_all, same_values
+from archive_helpers import Edit, containers, decode_all, edited_copy, same_values
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
@@ -86,35 +83,6 @@ def achieved_bpw(result: api.CompressResult) -> float:
     return 8 * result.archive_bytes / result.metrics["weights"]
 
 
-Edit = Callable[[dict[str, Any], bytearray], "bytearray | None"]
-
-
-def edited_copy(source: Path, tmp: Path, edit: Edit, name: str = "w") -> Path:
-    """A copy of directory archive ``source`` whose container of ``name`` went through
-    ``edit(container, payload)`` (which may return a new payload); the payload's size and
-    sha256 and the container's sha256 in the manifest are brought up to date, so only the
-    semantic checks can refuse the result."""
-    out = tmp / "edited"
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(source, out)
-    manifest_path = out / MANIFEST
-    manifest = json.loads(manifest_path.read_text())
-    entry = next(e for e in manifest["tensors"] if e["tensor_name"] == name)
-    container_path = out / entry["file"]
-    container = json.loads(container_path.read_text())
-    payload_path = out / container["payload"]["file"]
-    payload = bytearray(payload_path.read_bytes())
-    changed = edit(container, payload)
-    if changed is not None:
-        payload = changed
-    payload_path.write_bytes(bytes(payload))
-    container["payload"]["size"] = len(payload)
-    container["payload"]["sha256"] = hashlib.sha256(bytes(payload)).hexdigest()
-    data = json.dumps(container).encode()
-    container_path.write_bytes(data)
-    entry["container_sha256"] = hashlib.sha256(data).hexdigest()
-    manifest_path.write_text(json.dumps(manifest))
-    return out
 
 
 def first_block(container: dict[str, Any]) -> dict[str, Any]:
