@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 import ml_dtypes
 import numpy as np
 
-from rftpack import __version__
+from rftpack import __version__, parallel
 from rftpack.archive.reader import Archive
 from rftpack.archive.writer import ArchiveWriter, default_layout
 from rftpack.calibrated import calibrated_levels
@@ -127,6 +127,10 @@ class CompressOptions:
     layout: str | None = None
     payload: str = "binary"
     overwrite: bool = False
+    #: Threads for the kernels that split (the ``dq`` trellis search); None: the
+    #: ``RFTPACK_THREADS`` environment variable, else every core. The archive is the same
+    #: byte for byte at any count (:mod:`rftpack.parallel`).
+    threads: int | None = None
     #: Rate control (scalar profile): at most one of these.
     target_bpw: float | None = None
     target_snr_db: float | None = None
@@ -194,6 +198,8 @@ class CompressOptions:
                                  "--snr-db) with them")
         if self.row_dct not in ("auto", "off"):
             raise StageError(f"row_dct must be 'auto' or 'off', got {self.row_dct!r}")
+        if self.threads is not None:
+            parallel.check_threads(self.threads)
         profile = get_profile(self.profile)
         transform = (self.transform or profile.transform or {}).get("name")
         quantizer = (self.quantizer or profile.quantizer or {}).get("name")
@@ -253,7 +259,7 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
     options = options or CompressOptions(**settings)
     profile, lossy, exact, predictor = options.build()
     started = time.perf_counter()
-    with open_source(source) as model:
+    with parallel.limited_to(options.threads), open_source(source) as model:
         infos = model.infos()
         if not infos:
             raise InputError(f"{model.path}: the model holds no tensors")

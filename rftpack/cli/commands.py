@@ -51,7 +51,7 @@ def compress_options(args: argparse.Namespace) -> CompressOptions:
         block_size=args.block_size, min_lossy_numel=args.min_lossy_numel,
         lossy_1d=args.lossy_1d, exact_small=args.exact_small, row_dct=args.row_dct,
         layout=args.layout,
-        payload=args.payload, overwrite=args.force,
+        payload=args.payload, overwrite=args.force, threads=args.threads,
         target_bpw=args.target_bpw, target_snr_db=args.target_snr_db,
         max_rel_error=args.max_rel_error, embedding_weight=args.embedding_weight,
     )

@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="single ZIP file (default) or a directory tree")
     c.add_argument("--payload", choices=["binary", "base64"], default="binary",
                    help="payload in .bin files, or base64 inside the JSON (the spec's layout)")
+    c.add_argument("--threads", type=int, metavar="N",
+                   help="threads for the dq profile's trellis search (default: every core, or "
+                        "the RFTPACK_THREADS environment variable); the archive is the same "
+                        "byte for byte at any count")
     c.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
     _common(c)
     c.set_defaults(func=commands.cmd_compress)

@@ -6,8 +6,9 @@ Same search, same arithmetic and the same tie-breaking as the numpy version in
 LANES chains side by side in compiled code, the add-compare-select over the states vectorised
 across them, instead of all chains a step at a time in numpy: ``dq`` encoding is about an
 order of magnitude faster (per million weights on this machine: 64 states 0.11 s, 128 states
-0.17 s; one chain at a time, as before, took 0.23 and 0.38 s). Imported only when ``dq``
-encodes.
+0.17 s; one chain at a time, as before, took 0.23 and 0.38 s). It releases the GIL, so
+:func:`rftpack.stages.dq.viterbi` runs groups of chains on several threads. Imported only
+when ``dq`` encodes.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def _step_candidates(x, lam, rates, top, j, k, w):
     j[2, w], k[2, w], j[3, w], k[3, w] = _candidates(x, l1e, k1e, l1o, k1o, lam, rates, top)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def viterbi_chains(xs: np.ndarray, lam: float, rates: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Indices for ``xs`` (chains × steps, in units of Δ), each chain from state 0. ``edges``
     (states × 5): into state s from (A, its parity) or (B, its parity), with quantizer q;

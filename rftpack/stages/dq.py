@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from rftpack import parallel
 from rftpack.errors import StageError
 from rftpack.stages.base import Codes
 from rftpack.stages.scalar import MAX_CODE, RowSteps, SteppedQuantizer, unzigzag, zigzag
@@ -142,10 +143,16 @@ def viterbi(scaled: np.ndarray, lam: float, rates: np.ndarray, chain: int,
     same indices either way."""
     n = scaled.shape[0]
     compiled = _compiled("viterbi_chains")
-    if compiled is not None:  # one chain after another
-        k = compiled(_padded(scaled, chain, np.float64), float(lam),
-                     np.ascontiguousarray(rates, np.float64), EDGES[states])
-        return k.reshape(-1)[:n]
+    if compiled is not None:  # groups of chains, on several threads when allowed
+        padded = _padded(scaled, chain, np.float64)
+        rates = np.ascontiguousarray(rates, np.float64)
+        from rftpack.stages._dq_jit import LANES as lanes  # whole groups of lanes per part
+        groups = max(1, min(parallel.threads(), padded.shape[0] // lanes))
+        cuts = [lanes * (padded.shape[0] // lanes * i // groups) for i in range(groups)]
+        parts = [padded[a:b] for a, b in zip(cuts, cuts[1:] + [padded.shape[0]], strict=True)]
+        k = parallel.run_split(lambda part: compiled(part, float(lam), rates, EDGES[states]),
+                               parts)
+        return np.concatenate(k).reshape(-1)[:n]
     xs = _chains(scaled, chain)
     # Bounded memory: the traceback tables hold chain × states entries per chain.
     group = max(1, NUMPY_TRACEBACK_ENTRIES // (chain * states))

@@ -98,6 +98,21 @@ def test_errors_are_one_line_with_nonzero_exit(tmp_path: Path) -> None:
     assert not (tmp_path / "out.safetensors").exists()
 
 
+def test_threads_flag_is_checked_and_keeps_the_archive(model_file, tmp_path: Path,
+                                                       capsys) -> None:
+    source, _ = model_file
+    assert main(["compress", str(source), "-o", str(tmp_path / "bad.rftp"), "-q",
+                 "--threads", "0"]) == 1
+    assert "threads must be an integer ≥ 1, got 0" in capsys.readouterr().err
+    made = []
+    for threads in ("1", "2"):
+        out = tmp_path / f"t{threads}.rftp"
+        assert main(["compress", str(source), "-o", str(out), "-q", "--profile", "dq",
+                     "--bpw", "4", "--threads", threads]) == 0
+        made.append(out.read_bytes())
+    assert made[0] == made[1]
+
+
 def test_existing_output_needs_force(model_file, tmp_path: Path) -> None:
     source, _ = model_file
     archive = tmp_path / "a.rftp"
