@@ -319,7 +319,7 @@ class _SegmentReader:
             if actual != size:
                 raise FormatError(f"{source}: payload {member} holds {actual} bytes, declared "
                                   f"{size}")
-            self.data = archive.source.read(member)
+            self.data = archive.source.read(member, hashed=self.payload.get("sha256") is not None)
         else:
             self.data = self._assemble_inline(container)
         self._check_sha(self.data)
@@ -355,10 +355,12 @@ class _SegmentReader:
         if expected is not None and hashlib.sha256(data).hexdigest() != expected:
             raise ChecksumError(f"{self.source}: payload checksum mismatch (modified or corrupt)")
 
-    def __call__(self, seg: dict[str, Any]) -> bytes:
+    def __call__(self, seg: dict[str, Any]) -> bytes | memoryview:
         length, offset = seg.get("length"), seg.get("offset")
         if not (isinstance(length, int) and isinstance(offset, int) and length >= 0
                 and offset >= 0 and offset + length <= len(self.data)):
             raise FormatError(f"{self.source}: segment [{offset}, +{length}) lies outside "
                               f"the {len(self.data)}-byte payload")
-        return self.data[offset:offset + length]
+        if offset == 0 and length == len(self.data):
+            return self.data
+        return memoryview(self.data)[offset:offset + length]  # not copied

@@ -31,7 +31,8 @@ from rftpack.bench.models import (
 )
 from rftpack.bench.settings import CODECS, Setting, all_settings, calibrated_settings
 
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+#: rftpack's own kernels (RFTPACK_THREADS) and the BLAS/OpenMP libraries under every codec
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RFTPACK_THREADS")
 WORKER_TIMEOUT = 3600.0
 
 

@@ -155,7 +155,9 @@ class Coder(Stage):
     def encode(self, symbols: np.ndarray, alphabet: int) -> bytes:
         raise NotImplementedError
 
-    def decode(self, data: bytes, count: int, alphabet: int) -> np.ndarray:
+    def decode(self, data: bytes | memoryview, count: int, alphabet: int) -> np.ndarray:
+        """``count`` symbols from ``data``: bytes, or a read-only memoryview into the payload
+        (``bytes(data)`` copies it where a coder needs ``bytes`` itself)."""
         raise NotImplementedError
 
 
