@@ -164,3 +164,21 @@ def test_plot_has_an_embedding_panel_when_cosines_were_measured(tmp_path: Path) 
     assert [round(v, 6) for _, v, _ in cos["rftpack scalar"]] == [1e-3, 1e-5]
     out = plot(result, tmp_path / "p.png")
     assert out.stat().st_size > 10_000
+
+
+def test_rftpack_worker_imports_before_the_clock_and_runs_single_threaded() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys\n"
+            "from rftpack.bench import worker\n"
+            "from rftpack import parallel\n"
+            "worker.preload_rftpack()\n"
+            "missing = [m for m in worker.RFTPACK_MODULES if m not in sys.modules]\n"
+            "assert not missing, missing\n"
+            "assert 'numba' not in sys.modules and 'torch' not in sys.modules\n"
+            "assert parallel.threads() == 1, parallel.threads()\n")
+    env = {k: v for k, v in os.environ.items() if k != "RFTPACK_THREADS"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
