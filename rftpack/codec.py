@@ -490,7 +490,7 @@ def decode_container(container: dict[str, Any], read_segment: Callable[[dict[str
             if not np.isfinite(x).all():  # stored non-finite values come back separately
                 raise FormatError("decoded weights are not finite: the block's side info or "
                                   "stage parameters are corrupt")
-            out[start:start + count] = _cast_float(x, dtype)
+            _cast_float_into(x, out[start:start + count])
         start += count
     nonfinite = (container.get("payload") or {}).get("nonfinite")
     if nonfinite:
@@ -578,12 +578,14 @@ def _decode_lossy_block(block, count, pipeline: LossyPipeline, read_segment,
     return pipeline.transform.inverse(coefficients, count)
 
 
-def _cast_float(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    # Reconstruction error must not overflow a narrow float into ±inf: clip to its finite range.
-    if dtype != np.float64:
-        limit = float(ml_dtypes.finfo(dtype).max)
-        x = np.clip(x, -limit, limit)
-    return x.astype(dtype)
+def _cast_float_into(x: np.ndarray, target: np.ndarray) -> None:
+    """``target[...] = x`` cast to its float dtype, in one pass. Reconstruction error must not
+    overflow a narrow float into ±inf: values are clipped to its finite range."""
+    if target.dtype == np.float64:
+        target[...] = x
+        return
+    limit = float(ml_dtypes.finfo(target.dtype).max)
+    np.clip(x, -limit, limit, out=target, casting="unsafe")
 
 
 def _restore_nonfinite(out: np.ndarray, record: dict[str, Any], dtype: np.dtype,

@@ -79,17 +79,28 @@ def merge(parts: list[np.ndarray], row_class: np.ndarray, length: int, count: in
     if row_class.shape[0] != -(-count // length):
         raise FormatError(f"expected {-(-count // length)} row classes, got "
                           f"{row_class.shape[0]}")
-    each = code_classes(row_class, length, count)
-    sizes = np.bincount(each, minlength=len(parts)) if count else np.zeros(len(parts), int)
+    rows = row_class.shape[0]
+    row_lengths = np.full(rows, length, np.int64)
+    if rows:
+        row_lengths[-1] = count - (rows - 1) * length
+    sizes = np.bincount(row_class, weights=row_lengths, minlength=len(parts)).astype(np.int64)
     if sizes.shape[0] > len(parts) or any(p.shape[0] != s for p, s in zip(parts, sizes,
                                                                            strict=False)):
         raise FormatError(f"class streams hold {[p.shape[0] for p in parts]} codes, their "
                           f"rows {sizes.tolist()}")
     dtype = np.result_type(*parts) if parts else np.uint16
-    out = np.empty(count, dtype)
+    # Row by row: every class's rows are whole rows of its stream (the last row may be short).
+    out = np.empty(rows * length, dtype)
+    whole = count // length
+    grid = out[:whole * length].reshape(whole, length)
+    classes = row_class[:whole]
     for c, part in enumerate(parts):
-        out[each == c] = part
-    return out
+        mask = classes == c
+        taken = int(np.count_nonzero(mask)) * length
+        grid[mask] = part[:taken].reshape(-1, length)
+        if whole < rows and c == row_class[whole]:
+            out[whole * length:count] = part[taken:]
+    return out[:count]
 
 
 def coded_bits(counts: np.ndarray) -> float:
