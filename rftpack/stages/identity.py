@@ -28,4 +28,4 @@ class Identity(Transform):
         return np.asarray(x, dtype=np.float64)
 
     def inverse(self, coefficients: np.ndarray, n: int) -> np.ndarray:
-        return np.real(coefficients).astype(np.float64)[:n]
+        return np.asarray(np.real(coefficients), dtype=np.float64)[:n]  # no copy if float64
