@@ -396,15 +396,13 @@ def plan(stats: list[TensorStats], quantizer: Quantizer, *, target_bpw: float | 
 
     rms = math.sqrt(sum(s.signal for s in lossy) / sum(s.numel for s in lossy)) or 1.0
     wide = lo, hi = math.log(rms * 1e-5), math.log(rms * 20.0)
-    evaluations = 60  # cheap for the scalar quantizer over its wide bracket
+    proxy = None
     if quantizer.id != "scalar":
-        # Slow quantizers (trellis search): bracket with the scalar quantizer's answer first,
-        # then refine in a narrow range with few evaluations of the real one.
+        # Slow quantizers (trellis search): start from the scalar quantizer's answer.
         proxy = plan(stats, ScalarQuantizer(), target_bpw=target_bpw,
                      target_snr_db=target_snr_db, block_size=block_size, overhead=overhead)
         assert proxy.step is not None
         lo, hi = math.log(proxy.step * 0.25), math.log(proxy.step * 1.5)
-        evaluations = 8
     if target_bpw is not None:
         if target_bpw * weights <= fixed_bits:
             raise StageError(f"{target_bpw} bits per weight cannot even hold the exact tensors "
@@ -417,10 +415,21 @@ def plan(stats: list[TensorStats], quantizer: Quantizer, *, target_bpw: float | 
 
     def excess(log_step: float) -> float:
         """log(measure / goal): ≤ 0 when the target is met (bits within budget, or error)."""
-        measured[log_step] = totals(math.exp(log_step))
+        if log_step not in measured:
+            measured[log_step] = totals(math.exp(log_step))
         return math.log(max(measured[log_step][which], 1e-300) / goal)
 
-    log_step = _root(excess, lo, hi, evaluations)
+    if proxy is None:
+        log_step = _root(excess, lo, hi, 60)  # cheap for the scalar quantizer
+    else:
+        # Its step on the quantizer's own index grid, then secant steps: the first with the
+        # high-rate slope (each halving of the step costs a bit per lossy weight, or divides
+        # the error by 4). 3–4 evaluations where the bracket above takes 6–8.
+        lossy_weights = sum(s.numel for s in lossy)
+        slope = -lossy_weights / (math.log(2) * goal) if which == 0 else 2.0
+        start = math.log(proxy.step / getattr(quantizer, "index_step", 1.0))
+        near = _near_root(excess, start, slope)
+        log_step = near if near is not None else _root(excess, lo, hi, 8)
     if measured[log_step][which] > goal and (lo, hi) != wide:
         # the scalar proxy's bracket missed (e.g. a constant tensor that lies on the scalar
         # grid but not on dq's): search the wide one with the real quantizer
@@ -429,6 +438,29 @@ def plan(stats: list[TensorStats], quantizer: Quantizer, *, target_bpw: float | 
     step = math.exp(log_step)
     steps = {s.name: step / math.sqrt(s.weight) for s in lossy if s.weight != 1.0}
     return RatePlan(step, steps, bits / weights, _snr(signal, error))
+
+
+def _near_root(f, x: float, slope: float, evaluations: int = 6, tolerance: float = 5e-4,
+               reach: float = 1.0) -> float | None:
+    """A root of the decreasing f near ``x``, as :func:`_root` finds it: secant steps (the
+    first with ``slope``, each at most ``reach``) aimed at −tolerance/5, inside the met band,
+    until one lands in it or two points bracket the root (then :func:`_root` between them);
+    None when neither happens within ``evaluations``."""
+    fx = f(x)
+    if -tolerance < fx <= 0:
+        return x
+    for _ in range(evaluations):
+        step = max(-reach, min(reach, -(fx + tolerance / 5) / slope))
+        nxt = x + step
+        f_next = f(nxt)
+        if -tolerance < f_next <= 0:
+            return nxt
+        if (f_next > 0) != (fx > 0):
+            return _root(f, min(x, nxt), max(x, nxt), evaluations, tolerance)
+        secant = (f_next - fx) / step
+        slope = secant if secant < 0 else slope
+        x, fx = nxt, f_next
+    return None
 
 
 def _root(f, lo: float, hi: float, evaluations: int = 12, tolerance: float = 5e-4) -> float:

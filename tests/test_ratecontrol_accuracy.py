@@ -24,6 +24,7 @@ from rftpack.ratecontrol import (
     SAMPLE_SIZE,
     Overhead,
     TensorStats,
+    _near_root,
     _root,
     _stride,
     entropy_bits,
@@ -115,6 +116,43 @@ def test_root_with_few_evaluations_still_meets_the_target(evaluations: int) -> N
     x = _root(f, 0.0, 3.0, evaluations=evaluations)
     assert f(x) <= 0.0
     assert x <= 2 ** (1 / 3)
+
+
+def _bits_like(calls: list[float]):
+    def f(x: float) -> float:  # log(bits / goal) falling with log step, flatter at low rate
+        calls.append(x)
+        return math.log(2.0 + math.exp(-1.7 * x)) - math.log(2.5)  # root at x = 0.4077
+    return f
+
+
+@pytest.mark.parametrize("start", [-0.6, 0.0, 0.2, 0.45, 1.4])
+@pytest.mark.parametrize("slope", [-0.05, -0.6, -5.0])
+def test_near_root_meets_the_target_from_below_in_few_evaluations(start: float,
+                                                                  slope: float) -> None:
+    calls: list[float] = []
+    f = _bits_like(calls)
+    x = _near_root(f, start, slope)
+    assert x is not None and -5e-4 < f(x) <= 0.0, (x, f(x) if x is not None else None)
+    assert len(calls) <= 11  # (+1: the check above)
+
+
+@pytest.mark.parametrize("start", [-3.0, 3.0])
+def test_near_root_far_from_the_root_meets_the_target_or_says_none(start: float) -> None:
+    calls: list[float] = []
+    f = _bits_like(calls)
+    x = _near_root(f, start, -0.3)
+    assert x is None or -5e-4 < f(x) <= 0.0
+
+
+def test_near_root_gives_up_without_a_bracket() -> None:
+    calls = []
+
+    def f(x: float) -> float:  # never reaches the target: the caller falls back
+        calls.append(x)
+        return 1.0 + math.exp(-x)
+
+    assert _near_root(f, 0.0, -1.0, evaluations=4) is None
+    assert len(calls) == 5
 
 
 def test_root_on_a_jump_returns_a_point_below_it() -> None:
