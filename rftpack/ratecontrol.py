@@ -419,17 +419,25 @@ def plan(stats: list[TensorStats], quantizer: Quantizer, *, target_bpw: float | 
             measured[log_step] = totals(math.exp(log_step))
         return math.log(max(measured[log_step][which], 1e-300) / goal)
 
-    if proxy is None:
-        log_step = _root(excess, lo, hi, 60)  # cheap for the scalar quantizer
-    else:
-        # Its step on the quantizer's own index grid, then secant steps: the first with the
-        # high-rate slope (each halving of the step costs a bit per lossy weight, or divides
-        # the error by 4). 3–4 evaluations where the bracket above takes 6–8.
-        lossy_weights = sum(s.numel for s in lossy)
-        slope = -lossy_weights / (math.log(2) * goal) if which == 0 else 2.0
+    # Secant steps from a good start, the first with the high-rate slope (each halving of the
+    # step costs a bit per lossy weight, or divides the error by 4): 1–4 evaluations, where
+    # bracketing takes 6–10. A slow quantizer starts from the scalar proxy's step on its own
+    # index grid; the scalar quantizer from the high-rate step of Gaussian weights of the
+    # same RMS (Δ = σ·2^(h − R), h = 2.05 bits), the wide bracket its fallback.
+    lossy_weights = sum(s.numel for s in lossy)
+    slope = -lossy_weights / (math.log(2) * goal) if which == 0 else 2.0
+    if proxy is not None:
         start = math.log(proxy.step / getattr(quantizer, "index_step", 1.0))
-        near = _near_root(excess, start, slope)
-        log_step = near if near is not None else _root(excess, lo, hi, 8)
+    elif which == 0:
+        rate = max(0.5, (goal - fixed_bits) / overhead.payload_factor / lossy_weights)
+        start = math.log(rms) + (2.05 - rate) * math.log(2)
+    else:
+        start = 0.5 * math.log(12 * max(goal - fixed_error, goal * 1e-3) / lossy_weights)
+    start = min(max(start, wide[0]), wide[1])
+    near = _near_root(excess, start, slope)
+    if near is None:
+        near = _root(excess, lo, hi, 60 if proxy is None else 8)
+    log_step = near
     if measured[log_step][which] > goal and (lo, hi) != wide:
         # the scalar proxy's bracket missed (e.g. a constant tensor that lies on the scalar
         # grid but not on dq's): search the wide one with the real quantizer
