@@ -263,7 +263,8 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
         infos = model.infos()
         if not infos:
             raise InputError(f"{model.path}: the model holds no tensors")
-        rate_plan = (_plan_rate(model, infos, lossy, exact, options, out)
+        sized: dict[str, EncodedTensor] = {}  # small tensors the first pass already encoded
+        rate_plan = (_plan_rate(model, infos, lossy, exact, options, out, sized)
                      if options.rate_controlled else None)
         sampler = (ResidualSampler(band_count=lossy.max_bands())
                    if predictor is not None and lossy is not None else None)
@@ -290,7 +291,8 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
                 try:
                     encoded = _encode_one(info, array, pipeline, exact, options, sampler,
                                           rounded, rows[0] if rows is not None else None,
-                                          rate_plan.mantissa_bits if rate_plan else None)
+                                          rate_plan.mantissa_bits if rate_plan else None,
+                                          sized.pop(info.name, None))
                 except (RftpackError, MemoryError):
                     raise
                 except Exception as exc:  # a stage (maybe a plugin) failed: say which tensor
@@ -320,10 +322,16 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
                           time.perf_counter() - started, predictor_seconds)
 
 
+#: the first pass keeps its encodings of small tensors up to this payload size for the second
+SIZED_KEPT_BYTES = 1 << 20
+
+
 def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
                exact: ExactPipeline, options: CompressOptions,
-               out: str | os.PathLike) -> RatePlan:
-    """First pass of rate control: sample every lossy tensor, size every exact one."""
+               out: str | os.PathLike, sized: dict[str, EncodedTensor] | None = None
+               ) -> RatePlan:
+    """First pass of rate control: sample every lossy tensor, size every exact one (their
+    near-lossless encodings go to ``sized``, for the second pass to reuse)."""
     if lossy is None or not hasattr(lossy.quantizer, "step"):
         raise StageError("rate control (--bpw / --snr-db / --max-rel-error) needs a quantizer "
                          "with a 'step' parameter: use --profile scalar or --profile dq")
@@ -387,7 +395,10 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
             width = mantissa_bits(array.dtype)
             if not options.exact_small and width is not None and width > MIN_BITS and array.size:
                 # sized rounded only: each further mantissa bit costs a bit (exact: all of them)
-                rounded = len(encode_near_lossless(info.name, array, MIN_BITS, exact).payload)
+                encoded = encode_near_lossless(info.name, array, MIN_BITS, exact)
+                rounded = len(encoded.payload)
+                if sized is not None and rounded <= SIZED_KEPT_BYTES:
+                    sized[info.name] = encoded
                 exact_size = min(math.ceil(rounded + (width - MIN_BITS) * info.numel / 8),
                                  array.nbytes + 64)
                 stats.append(TensorStats(info.name, info.numel, False, signal, 0.0,
@@ -671,7 +682,8 @@ def _encode_one(info: TensorInfo, array: np.ndarray, lossy: LossyPipeline | None
                 sampler: ResidualSampler | None,
                 rounded: np.ndarray | None = None,
                 rows: RowSteps | None = None,
-                mantissa: int | None = None) -> EncodedTensor:
+                mantissa: int | None = None,
+                sized: EncodedTensor | None = None) -> EncodedTensor:
     if array.shape != info.shape:
         raise InputError(f"tensor {info.name!r}: read shape {array.shape}, header says "
                          f"{info.shape}")
@@ -679,7 +691,9 @@ def _encode_one(info: TensorInfo, array: np.ndarray, lossy: LossyPipeline | None
                                                 lossy_1d=options.lossy_1d):
         return encode_lossy(info.name, array, lossy, sampler, rounded=rounded, rows=rows)
     if mantissa is not None and array.size and (mantissa_bits(array.dtype) or 0) > mantissa:
-        encoded = encode_near_lossless(info.name, array, mantissa, exact)
+        encoded = sized if sized is not None and \
+            sized.container["codec"].get("mantissa_bits") == mantissa else \
+            encode_near_lossless(info.name, array, mantissa, exact)
         bound = options.max_rel_error
         if bound is None or encoded.stats["max_error"] <= bound * encoded.stats["peak"]:
             return encoded  # (subnormal values can miss a relative bound: then stay exact)
