@@ -157,3 +157,17 @@ def test_float64_and_subnormal_tensors(tmp_path: Path) -> None:
         assert "mantissa_bits" not in archive.entry("tiny")
         assert np.array_equal(archive.get_tensor("tiny"), tensors["tiny"])
         assert np.array_equal(archive.get_tensor("bf"), tensors["bf"])
+
+
+@pytest.mark.parametrize("bpw", [3.0, 20.0])  # the first pass's width (reused), a wider one
+def test_reusing_the_first_pass_encodings_changes_no_byte(model, tmp_path: Path, monkeypatch,
+                                                          bpw: float) -> None:
+    from rftpack import api
+
+    kept, _, entries = compressed(model, tmp_path, "kept.rftp", target_bpw=bpw)
+    width = kept.manifest["codec"]["rate_control"]["mantissa_bits"]
+    assert (width == 10) == (bpw < 10)
+    assert all(entries[n]["mantissa_bits"] == width for n in SMALL)
+    monkeypatch.setattr(api, "SIZED_KEPT_BYTES", -1)  # the second pass encodes them again
+    again, _, _ = compressed(model, tmp_path, "again.rftp", target_bpw=bpw)
+    assert Path(kept.path).read_bytes() == Path(again.path).read_bytes()
