@@ -260,6 +260,7 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
     profile, lossy, exact, predictor = options.build()
     started = time.perf_counter()
     with parallel.limited_to(options.threads), open_source(source) as model:
+        parallel.threads()  # a bad RFTPACK_THREADS fails now, not after the first pass
         infos = model.infos()
         if not infos:
             raise InputError(f"{model.path}: the model holds no tensors")

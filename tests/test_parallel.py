@@ -93,3 +93,13 @@ def test_compress_rejects_a_bad_thread_count(tmp_path: Path) -> None:
     save_file({"w": np.ones((64, 64), np.float32)}, str(model))
     with pytest.raises(StageError, match="threads must be an integer ≥ 1, got 0"):
         rftpack.compress(model, tmp_path / "o.rftp", profile="dq", threads=0)
+
+
+def test_a_bad_environment_value_stops_compress_before_any_work(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    model = tmp_path / "m.safetensors"
+    save_file({"w": np.ones((64, 64), np.float32)}, str(model))
+    monkeypatch.setenv("RFTPACK_THREADS", "many")
+    with pytest.raises(StageError, match="RFTPACK_THREADS must be an integer"):
+        rftpack.compress(model, tmp_path / "o.rftp", profile="scalar")
+    assert not (tmp_path / "o.rftp").exists()
