@@ -293,17 +293,21 @@ def decode_symbols(symbols: np.ndarray, alphabet: int, chain: int, states: int,
         flat[full, :n - full * chain] = parity[symbols[full * chain:]]
     patterns = np.packbits(parities, axis=1, bitorder="little")
     after, quantizer_bits = _group_tables(states)
-    bits = np.empty(patterns.shape, np.uint8)
-    state = np.zeros(count, np.intp)
-    for g in range(patterns.shape[1]):
-        pattern = patterns[:, g]
-        bits[:, g] = quantizer_bits[state, pattern]
-        state = after[state, pattern]
-    q1 = np.unpackbits(bits, axis=1, bitorder="little")[:, :chain].reshape(-1)[:n]
-    index = symbols.astype(np.intp)
-    index <<= 1
+    # Flat tables indexed by (state << REPLAY_GROUP) | pattern; the state is kept shifted.
+    after_flat = (after << REPLAY_GROUP).reshape(-1)
+    bits_flat = quantizer_bits.reshape(-1)
+    columns = np.ascontiguousarray(patterns.T)
+    bits = np.empty(columns.shape, np.uint8)
+    at = np.zeros(count, np.intp)
+    for g in range(columns.shape[0]):
+        at |= columns[g]
+        bits_flat.take(at, out=bits[g])
+        after_flat.take(at, out=at)
+    q1 = np.unpackbits(np.ascontiguousarray(bits.T), axis=1,
+                       bitorder="little")[:, :chain].reshape(-1)[:n]
+    index = np.left_shift(symbols, 1, dtype=np.int32 if alphabet < 1 << 30 else np.intp)
     index |= q1
-    return values[index]
+    return values.take(index)
 
 
 @dataclass(frozen=True)
