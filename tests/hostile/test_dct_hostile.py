@@ -28,6 +28,7 @@ from archive_helpers import edited_copy as edited_archive
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
+from smooth_tables import position_table
 
 import rftpack
 from rftpack.cli.main import main
@@ -41,17 +42,6 @@ STEP = 0.002
 
 
 # -- helpers --------------------------------------------------------------------------------------
-
-def position_table(rows: int = 512, width: int = 64, seed: int = 0) -> np.ndarray:
-    """Rows that change smoothly, like learned position embeddings (plus a little noise);
-    the same as ``tests/stages/test_dct.py``'s ``_position_table``."""
-    rng = np.random.default_rng(seed)
-    t = np.linspace(0, 1, rows)[:, None]
-    freq = rng.uniform(0.5, 12.0, size=width)[None, :]
-    phase = rng.uniform(0, 2 * np.pi, size=width)[None, :]
-    return (0.05 * np.sin(2 * np.pi * freq * t + phase)
-            + 0.002 * rng.normal(size=(rows, width))).astype(np.float32)
-
 
 def sine_table(rows: int, width: int = 64) -> np.ndarray:
     """A noiseless smooth table: pays for the dct with as few as MIN_ROWS rows."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
+from smooth_tables import position_table
 
 import rftpack
 from rftpack.api import CompressOptions, row_dct
@@ -55,18 +56,8 @@ def test_stage_refuses_partial_rows_and_bad_config():
     assert RowDCT.from_config(config) == RowDCT(row_length=7)
 
 
-def _position_table(rows: int = 512, width: int = 64, seed: int = 0) -> np.ndarray:
-    """Rows that change smoothly, like learned position embeddings (plus a little noise)."""
-    rng = np.random.default_rng(seed)
-    t = np.linspace(0, 1, rows)[:, None]
-    freq = rng.uniform(0.5, 12.0, size=width)[None, :]
-    phase = rng.uniform(0, 2 * np.pi, size=width)[None, :]
-    return (0.05 * np.sin(2 * np.pi * freq * t + phase)
-            + 0.002 * rng.normal(size=(rows, width))).astype(np.float32)
-
-
 def test_rows_pay_only_where_rows_are_alike():
-    table = _position_table().astype(np.float64)
+    table = position_table().astype(np.float64)
     assert rows_pay(table, 512)
     rng = np.random.default_rng(1)
     assert not rows_pay(rng.normal(size=(512, 64)), 512)            # a linear layer's rows
@@ -84,7 +75,7 @@ def test_rows_pay_only_where_rows_are_alike():
 
 
 def test_row_dct_conditions():
-    table = _position_table()
+    table = position_table()
     options = CompressOptions(profile="dq", row_dct="auto")
     lossy = options.build()[1]
     assert row_dct("pos", table, lossy, options) == RowDCT(row_length=64)
@@ -124,7 +115,7 @@ def _snr(x, y):
 @pytest.mark.parametrize("profile", ["scalar", "dq"])
 def test_compress_codes_the_position_table_through_the_dct(tmp_path, profile):
     rng = np.random.default_rng(5)
-    state = {"pos.weight": _position_table(),
+    state = {"pos.weight": position_table(),
              "layer.weight": (0.05 * rng.normal(size=(256, 64))).astype(np.float32)}
     out, decoded, transforms = _compress(tmp_path, state, "auto.rftp", profile=profile,
                                          target_snr_db=30.0)
@@ -147,7 +138,7 @@ def test_compress_codes_the_position_table_through_the_dct(tmp_path, profile):
 def test_rate_control_counts_the_dct(tmp_path):
     """The plan samples the coefficients the quantizer sees: --bpw lands just under target."""
     rng = np.random.default_rng(6)
-    state = {"pos.weight": _position_table(1024, 128),
+    state = {"pos.weight": position_table(1024, 128),
              "layer.weight": (0.05 * rng.normal(size=(256, 128))).astype(np.float32)}
     for target in (3.0, 5.0):
         out, decoded, transforms = _compress(tmp_path, state, f"b{target}.rftp",
