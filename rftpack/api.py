@@ -910,7 +910,7 @@ def extract(archive: str | os.PathLike, out: str | os.PathLike, *, format: str |
     """
     if Path(out).exists() and not overwrite:
         raise OutputError(f"{out} exists; pass --force (overwrite=True) to replace it")
-    with Archive(archive) as reader:
+    with Archive(archive) as reader, reader.plan_decoding():
         infos = archive_infos(reader)
         with open_sink(out, infos, format) as sink:
             decoded = reader.items(use_predictor=use_predictor)

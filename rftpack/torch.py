@@ -89,7 +89,7 @@ def load_state_dict(module: torch.nn.Module, archive: Archive | str | os.PathLik
         unexpected = [k for k in names if k not in targets]
         if strict and (missing or unexpected):
             raise LoadError(_mismatch_message(reader, missing, unexpected))
-        with torch.no_grad():
+        with torch.no_grad(), reader.plan_decoding([k for k in names if k in targets]):
             for name in names:
                 if name not in targets:
                     continue

@@ -58,14 +58,20 @@ def verify_archive(path: str | os.PathLike, progress=None) -> VerifyReport:
             except RftpackError as exc:
                 report.problems.append(f"predictor: {exc}")
         names = archive.keys()
-        for name in (progress(names) if progress else names):
-            report.tensors_checked += 1
-            try:
-                array = archive.get_tensor(name)
-                _check_against_manifest(archive.entry(name), array, report)
-            except RftpackError as exc:
-                report.problems.append(f"tensor {name!r}: {exc}")
+        with archive.plan_decoding(names):
+            _check_tensors(archive, names, report, progress)
     return report
+
+
+def _check_tensors(archive: Archive, names: list[str], report: VerifyReport,
+                   progress: Any) -> None:
+    for name in (progress(names) if progress else names):
+        report.tensors_checked += 1
+        try:
+            array = archive.get_tensor(name)
+            _check_against_manifest(archive.entry(name), array, report)
+        except RftpackError as exc:
+            report.problems.append(f"tensor {name!r}: {exc}")
 
 
 def _check_against_manifest(entry: dict[str, Any], array: np.ndarray,

@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import math
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -35,6 +37,7 @@ from rftpack.format.v1 import decode_v1
 from rftpack.io.tensor_info import TensorInfo
 from rftpack.residual import TrainedResidual
 from rftpack.stages.mlp import predictor_from_json
+from rftpack.stages.workload import planned
 
 
 @dataclass(frozen=True)
@@ -251,6 +254,23 @@ class Archive:
         """
         for name in self.keys():
             yield name, self.get_tensor(name, use_predictor=use_predictor)
+
+    def plan_decoding(self, names: Iterable[str] | None = None) -> AbstractContextManager[None]:
+        """A block that decodes ``names`` (default: every tensor): choices that pay only on big
+        jobs (the ``rans`` coder's compiled decoder, :mod:`rftpack.stages.workload`) are then
+        made once for all of them, from their lossy weights' count.
+
+        Example:
+            >>> with archive.plan_decoding():   # doctest: +SKIP
+            ...     arrays = {name: archive[name] for name in archive}
+        """
+        lossy = 0
+        for name in self.keys() if names is None else names:
+            entry = self.entry(name)
+            shape = entry.get("shape")
+            if entry.get("mode") != "exact" and isinstance(shape, list):
+                lossy += math.prod(int(d) for d in shape)
+        return planned(lossy)
 
     def predictor(self) -> Any:
         """The archive's residual predictor (checksum verified), or None.

@@ -37,6 +37,7 @@ import numpy as np
 from rftpack.errors import FormatError, StageError
 from rftpack.stages._varint import read_varint, write_varint
 from rftpack.stages.base import Coder, symbol_dtype
+from rftpack.stages.workload import planned_symbols
 
 #: version 1 tables: frequencies sum to 2**16
 PROBABILITY_BITS = 16
@@ -239,11 +240,22 @@ _decoded_by_constriction = 0
 
 
 def _decoder_for(count: int) -> Callable[..., np.ndarray] | None:
-    """The compiled decoder once it pays in this process (numba loaded, or enough symbols
-    decoded to have paid for its start-up: a MiniLM archive, 23 M weights, never starts it
-    alone), else None (constriction)."""
+    """The compiled decoder where it pays, else None (constriction).
+
+    It pays once numba is loaded. Inside a planned job (:mod:`rftpack.stages.workload`: a
+    whole-archive decode) it is chosen for the whole job, when the plan holds at least
+    COMPILED_AFTER_SYMBOLS symbols: switching midway would pay both constriction's slower
+    symbols and numba's start-up (MiniLM's ``hybrid`` archive, 34 M symbols, did: 0.6 s
+    more than constriction alone). Outside a plan (lazy loading), once constriction has
+    decoded that many symbols in the process.
+    """
     global _decoded_by_constriction
-    if "numba" not in sys.modules and _decoded_by_constriction < COMPILED_AFTER_SYMBOLS:
+    if "numba" in sys.modules:
+        return _compiled_decoder()
+    plan = planned_symbols()
+    if plan is not None:
+        return _compiled_decoder() if plan >= COMPILED_AFTER_SYMBOLS else None
+    if _decoded_by_constriction < COMPILED_AFTER_SYMBOLS:
         _decoded_by_constriction += count
         return None
     return _compiled_decoder()

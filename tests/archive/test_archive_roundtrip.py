@@ -151,6 +151,32 @@ def test_extract_round_trip(archives, model, tmp_path) -> None:
         assert restored[name].shape == model[name].shape
 
 
+def test_a_whole_archive_decode_plans_its_lossy_weights(archives, model, tmp_path,
+                                                        monkeypatch) -> None:
+    """``plan_decoding`` plans the lossy tensors' weights (exact ones code no rANS symbols),
+    and extract decodes every tensor inside that plan."""
+    from rftpack.stages import workload
+
+    lossy = sum(model[name].size for name in LOSSY)
+    with rftpack.open(archives[("zip", "binary")]) as archive:
+        with archive.plan_decoding():
+            assert workload.planned_symbols() == lossy
+        with archive.plan_decoding(["emb.weight", "ids"]):
+            assert workload.planned_symbols() == model["emb.weight"].size
+        assert workload.planned_symbols() is None
+    seen = []
+    real = rftpack.archive.reader.Archive.get_tensor
+
+    def spy(self, name, **kwargs):
+        seen.append((name, workload.planned_symbols()))
+        return real(self, name, **kwargs)
+
+    monkeypatch.setattr(rftpack.archive.reader.Archive, "get_tensor", spy)
+    rftpack.extract(archives[("zip", "binary")], tmp_path / "planned.safetensors")
+    assert sorted(name for name, _ in seen) == sorted(model)
+    assert {plan for _, plan in seen} == {lossy}
+
+
 def test_manifest_contents(archives, model) -> None:
     with rftpack.open(archives[("zip", "binary")]) as archive:
         meta = archive.metadata()

@@ -378,3 +378,41 @@ def test_the_rans_coder_switches_to_the_compiled_decoder_once_it_pays(monkeypatc
     monkeypatch.setitem(sys.modules, "numba", object())            # numba loaded: at once
     assert np.array_equal(V2.decode(data, 20_000, 300), symbols)
     assert calls == [20_000, 20_000, 20_000]
+
+
+def test_a_planned_job_chooses_its_decoder_once(monkeypatch) -> None:
+    """Inside a plan (a whole-archive decode) the decoder is chosen for the whole job: the
+    compiled one from the first symbol when the plan holds COMPILED_AFTER_SYMBOLS symbols,
+    else constriction throughout, even past the running count that switches lazy loads."""
+    import sys
+
+    from rftpack.stages import rans
+    from rftpack.stages.workload import planned
+
+    rng = np.random.default_rng(10)
+    symbols = draw_symbols(rng, 200, 5_000, "skewed")
+    data = V2.encode(symbols, 200)
+    calls = []
+    real = rans._compiled_decoder()
+    assert real is not None
+
+    def spy(*args, **kwargs):
+        calls.append(args[3])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rans, "_compiled_decoder", lambda: spy)
+    monkeypatch.setitem(sys.modules, "numba", None)
+    monkeypatch.delitem(sys.modules, "numba")
+    monkeypatch.setattr(rans, "_decoded_by_constriction", rans.COMPILED_AFTER_SYMBOLS)
+    with planned(rans.COMPILED_AFTER_SYMBOLS - 1):
+        assert np.array_equal(V2.decode(data, 5_000, 200), symbols)   # constriction
+    assert calls == []
+    assert rans._decoded_by_constriction == rans.COMPILED_AFTER_SYMBOLS  # a plan counts none
+    assert np.array_equal(V2.decode(data, 5_000, 200), symbols)       # unplanned: paid for
+    assert calls == [5_000]
+    monkeypatch.setattr(rans, "_decoded_by_constriction", 0)
+    with planned(rans.COMPILED_AFTER_SYMBOLS):
+        assert np.array_equal(V2.decode(data, 5_000, 200), symbols)   # compiled at once
+    assert calls == [5_000, 5_000]
+    assert np.array_equal(V2.decode(data, 5_000, 200), symbols)       # plan over: constriction
+    assert calls == [5_000, 5_000]
