@@ -30,6 +30,10 @@ from rftpack.errors import FormatError, StageError
 from rftpack.stages.base import Codes, PolarView, Quantizer
 
 LOG_FLOOR = 1e-12
+#: decoding looks (amplitude, phase) code pairs up in one table of their products up to this
+#: many bits per pair (the hybrid's 6 + 5: 2048 entries, in cache): one gather instead of two
+#: and a complex product per coefficient (MiniLM hybrid extract 2.5 → 2.0–2.3 s)
+JOINT_TABLE_BITS = 12
 
 
 def wrap_phase(phase: np.ndarray) -> np.ndarray:
@@ -154,20 +158,7 @@ class PolarQuantizer(Quantizer):
 
     def view(self, streams: dict[str, np.ndarray], side: dict[str, Any], count: int) -> PolarView:
         """Coarse polar values of a block (uniform allocation), before any predictor."""
-        kept = _side_int(side, "kept", count)
-        if "keep_mask" in streams:
-            mask = streams["keep_mask"].astype(bool)
-            if mask.shape[0] != count or int(mask.sum()) != kept:
-                raise FormatError("polar: keep_mask disagrees with the kept count")
-            index = np.flatnonzero(mask)
-        else:
-            if kept != count:
-                raise FormatError("polar: some coefficients were pruned but keep_mask is missing")
-            index = np.arange(count)
-        for name in ("amp_codes", "phase_codes"):
-            if streams[name].shape[0] != kept:
-                raise FormatError(f"polar: {name} holds {streams[name].shape[0]} codes, "
-                                  f"expected {kept}")
+        index = _kept_index(streams, side, count)
         lo, hi = _side_pair(side, "amp_scale")
         amp_step = (hi - lo) / self.amp_levels if hi > lo else 0.0
         log_amp = lo + streams["amp_codes"].astype(np.float64) * amp_step
@@ -179,17 +170,32 @@ class PolarQuantizer(Quantizer):
                    refine: Any = None) -> np.ndarray:
         if self.band_allocation == "rd":
             return self._dequantize_rd(streams, side, count)
-        view = self.view(streams, side, count)
-        out = np.zeros(count, np.complex128)
         if refine is not None:
+            view = self.view(streams, side, count)
+            out = np.zeros(count, np.complex128)
             log_amp, phase = refine(view)
             out[view.index] = np.exp(log_amp) * np.exp(1j * phase)
             return out
-        # Codes take few values: look amplitudes and unit phasors up in small tables.
-        lo, _ = view.amp_range
-        amp_table = np.exp(lo + np.arange(1 << self.amp_bits) * view.amp_step)
+        index = _kept_index(streams, side, count)
+        # Codes take few values: one lookup in the table of every (amplitude, phase) product.
+        lo, hi = _side_pair(side, "amp_scale")
+        amp_step = (hi - lo) / self.amp_levels if hi > lo else 0.0
+        amp_table = np.exp(lo + np.arange(1 << self.amp_bits) * amp_step)
         phasor_table = np.exp(1j * (-math.pi + np.arange(1 << self.phase_bits) * self.phase_step))
-        out[view.index] = amp_table[streams["amp_codes"]] * phasor_table[streams["phase_codes"]]
+        amp, phase = streams["amp_codes"], streams["phase_codes"]
+        if amp.size and (int(amp.max()) >> self.amp_bits or int(phase.max()) >> self.phase_bits):
+            raise FormatError("polar: a code exceeds its bit width")
+        if self.amp_bits + self.phase_bits <= JOINT_TABLE_BITS:
+            products = (amp_table[:, None] * phasor_table[None, :]).reshape(-1)
+            codes = np.left_shift(amp, self.phase_bits, dtype=np.intp)
+            codes |= phase
+            values = products.take(codes)
+        else:
+            values = amp_table.take(amp) * phasor_table.take(phase)
+        if index.shape[0] == count:
+            return values
+        out = np.zeros(count, np.complex128)
+        out[index] = values
         return out
 
 
@@ -225,6 +231,25 @@ class PolarQuantizer(Quantizer):
         out = np.zeros(count, np.complex128)
         out[view.index] = np.exp(log_amp) * np.exp(1j * phase)
         return out
+
+
+def _kept_index(streams: dict[str, np.ndarray], side: dict[str, Any], count: int) -> np.ndarray:
+    """Positions of a block's kept coefficients (checked against its streams and side info)."""
+    kept = _side_int(side, "kept", count)
+    if "keep_mask" in streams:
+        mask = streams["keep_mask"].astype(bool)
+        if mask.shape[0] != count or int(mask.sum()) != kept:
+            raise FormatError("polar: keep_mask disagrees with the kept count")
+        index = np.flatnonzero(mask)
+    else:
+        if kept != count:
+            raise FormatError("polar: some coefficients were pruned but keep_mask is missing")
+        index = np.arange(count)
+    for name in ("amp_codes", "phase_codes"):
+        if streams[name].shape[0] != kept:
+            raise FormatError(f"polar: {name} holds {streams[name].shape[0]} codes, "
+                              f"expected {kept}")
+    return index
 
 
 def _per_coefficient(shifts: list[int], bands: list[tuple[int, int]], count: int) -> np.ndarray:

@@ -289,3 +289,32 @@ def test_rd_side_info_is_checked(patch: dict) -> None:
     streams, side = q.quantize(x, [(0, 256), (256, 1024)])
     with pytest.raises(FormatError):
         q.dequantize({k: v.symbols for k, v in streams.items()}, {**side, **patch}, 1024)
+
+
+@pytest.mark.parametrize("amp_bits,phase_bits,threshold", [(6, 5, 0.0), (6, 5, 0.5),
+                                                           (10, 9, 0.0), (1, 1, 0.3)])
+def test_dequantize_is_the_product_of_its_amplitude_and_phasor(amp_bits: int, phase_bits: int,
+                                                               threshold: float) -> None:
+    """Whether decoded through the table of (amplitude, phase) products (≤ 12 bits a pair)
+    or through one table each, every kept coefficient is exactly amplitude × unit phasor."""
+    c = random_coefficients(3000, amp_bits + phase_bits)
+    q = PolarQuantizer(amp_bits=amp_bits, phase_bits=phase_bits, prune_threshold=threshold)
+    streams, side = q.quantize(c, [(0, c.size)])
+    codes = symbols(streams)
+    out = q.dequantize(codes, side, c.size)
+    lo, hi = side["amp_scale"]
+    amp = np.exp(lo + np.arange(1 << amp_bits) * ((hi - lo) / (2**amp_bits - 1)))
+    phasor = np.exp(1j * (-math.pi + np.arange(1 << phase_bits) * q.phase_step))
+    expected = np.zeros(c.size, np.complex128)
+    kept = codes["keep_mask"].astype(bool) if "keep_mask" in codes else np.ones(c.size, bool)
+    expected[kept] = amp[codes["amp_codes"]] * phasor[codes["phase_codes"]]
+    assert np.array_equal(out, expected)
+
+
+@pytest.mark.parametrize("stream", ["amp_codes", "phase_codes"])
+def test_a_code_past_its_bit_width_raises_format_error(stream: str) -> None:
+    q, streams, side = encoded()
+    bad = streams[stream].astype(np.uint16)
+    bad[3] = 1 << (q.amp_bits if stream == "amp_codes" else q.phase_bits)
+    with pytest.raises(FormatError, match="bit width"):
+        q.dequantize(dict(streams, **{stream: bad}), side, 100)
