@@ -405,6 +405,48 @@ def encode_frame(symbols: np.ndarray, block_size: int = BLOCK_MAX, max_ratio: fl
     return b"".join(out)
 
 
+def stored_blocks(frame: bytes | memoryview) -> list[tuple[int, int, int]] | None:
+    """``(kind, offset, size)`` of every block of a frame made only of Raw (kind 0: ``size``
+    bytes at ``offset``) and RLE blocks (kind 1: the byte at ``offset``, ``size`` times), so
+    that a reader can take its bytes without zstd's copy; ``None`` for any other frame (a
+    Huffman block, a dictionary, a checksum, anything irregular: zstd decodes those).
+
+    >>> stored_blocks(encode_frame(np.zeros(5, np.uint8)))
+    [(1, 13, 5)]
+    """
+    view = memoryview(frame)
+    end = len(view)
+    if end < 6 or view[:4] != MAGIC:
+        return None
+    descriptor = view[4]
+    if descriptor & 0x0F:  # reserved bit, checksum, dictionary
+        return None
+    single, fcs_flag = descriptor & 0x20, descriptor >> 6
+    pos = 5 + (0 if single else 1)
+    width = 1 if single and fcs_flag == 0 else (0, 2, 4, 8)[fcs_flag]
+    if not width or pos + width > end:
+        return None
+    declared = int.from_bytes(view[pos:pos + width], "little") + (256 if width == 2 else 0)
+    pos += width
+    blocks = []
+    while pos + 3 <= end:
+        header = int.from_bytes(view[pos:pos + 3], "little")
+        kind, size = (header >> 1) & 3, header >> 3
+        pos += 3
+        if kind == 0:
+            blocks.append((0, pos, size))
+            pos += size
+        elif kind == 1:
+            blocks.append((1, pos, size))
+            pos += 1
+        else:
+            return None
+        if header & 1:
+            regular = pos == end and sum(size for _, _, size in blocks) == declared
+            return blocks if regular else None
+    return None
+
+
 def decode_frame(data: bytes | memoryview, count: int) -> np.ndarray:
     """Decode one frame that must hold exactly ``count`` bytes (any valid zstd frame)."""
     import zstandard

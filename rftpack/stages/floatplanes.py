@@ -171,6 +171,55 @@ class _PlaneReader:
         return target
 
 
+class _StoredPlaneReader:
+    """Reads a plane stored in Raw and RLE blocks (:func:`_zhuff.stored_blocks`) without zstd:
+    a view of the frame where a read lies in one Raw block, else a copy into a reused buffer."""
+
+    def __init__(self, frame: memoryview, blocks: list[tuple[int, int, int]], count: int,
+                 chunk: int) -> None:
+        if sum(size for _, _, size in blocks) != count:
+            raise FormatError(f"floatplanes: plane holds {sum(s for _, _, s in blocks)} bytes, "
+                              f"expected {count}")
+        self._data = np.frombuffer(frame, np.uint8)
+        self._blocks = blocks
+        self._block = 0
+        self._used = 0  # bytes of the current block already read
+        self._buffer = np.empty(chunk, np.uint8)
+
+    def read(self, n: int) -> np.ndarray:
+        kind, offset, size = self._blocks[self._block]
+        if kind == 0 and size - self._used >= n:
+            start = offset + self._used
+            self._advance(n)
+            return self._data[start:start + n]
+        target = self._buffer[:n]
+        done = 0
+        while done < n:
+            kind, offset, size = self._blocks[self._block]
+            take = min(n - done, size - self._used)
+            if kind == 0:
+                start = offset + self._used
+                target[done:done + take] = self._data[start:start + take]
+            else:
+                target[done:done + take] = self._data[offset]
+            done += take
+            self._advance(take)
+        return target
+
+    def _advance(self, n: int) -> None:
+        self._used += n
+        while self._block < len(self._blocks) - 1 and self._used == self._blocks[self._block][2]:
+            self._block += 1
+            self._used = 0
+
+
+def _plane_reader(frame: memoryview, count: int, chunk: int) -> _PlaneReader | _StoredPlaneReader:
+    blocks = _zhuff.stored_blocks(frame)
+    if blocks is None:
+        return _PlaneReader(frame, count, chunk)
+    return _StoredPlaneReader(frame, blocks, count, chunk)
+
+
 def _shuffled_zstd(values: np.ndarray) -> bytes:
     import zstandard
 
@@ -327,7 +376,7 @@ def _assemble(frames: list[memoryview], r: int, count: int, itemsize: int,
     """Elements from their plane frames, decoded and combined chunk by chunk so that every
     temporary stays in cache (the planes are never materialised whole)."""
     size = min(CHUNK, count)
-    readers = [_PlaneReader(f, count, size) for f in frames]
+    readers = [_plane_reader(f, count, size) for f in frames]
     if out is None:
         out = np.empty(count, _unsigned(itemsize))
     top = _top16(out, itemsize)

@@ -322,3 +322,57 @@ def test_random_symbol_bytes_decode_or_raise(blob: bytes, n: int, alphabet: int)
     except RftpackError:
         return
     assert out.shape == (n,) and (out.size == 0 or int(out.max()) < alphabet)
+
+
+# -- planes stored in Raw/RLE blocks are read without zstd ---------------------------------------
+
+def mixed_plane(n: int, seed: int) -> np.ndarray:
+    """Random bytes (Raw blocks) with zero runs (RLE blocks) in between."""
+    plane = np.random.default_rng(seed).integers(0, 256, n).astype(np.uint8)
+    plane[n // 5: n // 5 + 40_000] = 0
+    plane[n // 2: n // 2 + 20_480] = 0
+    return plane
+
+
+def test_stored_blocks_are_found_only_in_frames_of_raw_and_rle_blocks() -> None:
+    plane = mixed_plane(400_000, 1)
+    frame = _zhuff.encode_frame(plane, max_ratio=0.97)
+    blocks = _zhuff.stored_blocks(frame)
+    assert blocks is not None and {kind for kind, _, _ in blocks} == {0, 1}
+    assert sum(size for _, _, size in blocks) == plane.size
+    skewed = (plane % 4).astype(np.uint8)  # Huffman pays: zstd must decode it
+    assert _zhuff.stored_blocks(_zhuff.encode_frame(skewed)) is None
+    for level in (1, 3):
+        made = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(
+            plane.tobytes())
+        assert _zhuff.stored_blocks(made) is None  # checksum (and maybe compressed blocks)
+    lying = bytearray(frame)
+    assert lying[4] >> 6 == 2  # a 4-byte content size follows the window descriptor
+    lying[6:10] = (plane.size + 1).to_bytes(4, "little")
+    for irregular in (bytes(lying), frame[:-1], frame + b"\x00", frame[:3], b""):
+        assert _zhuff.stored_blocks(irregular) is None
+
+
+@pytest.mark.parametrize("read", [1, 999, CHUNK, 100_001])
+def test_stored_planes_read_as_zstd_decodes_them(read: int) -> None:
+    from rftpack.stages.floatplanes import _plane_reader, _StoredPlaneReader
+
+    plane = mixed_plane(350_000, read)
+    frame = memoryview(_zhuff.encode_frame(plane, max_ratio=0.97))
+    reader = _plane_reader(frame, plane.size, read)
+    assert isinstance(reader, _StoredPlaneReader)
+    pieces = [reader.read(min(read, plane.size - i)).copy()
+              for i in range(0, plane.size, read)]
+    assert np.array_equal(np.concatenate(pieces), _zhuff.decode_frame(frame, plane.size))
+
+
+def test_a_stored_plane_with_a_lying_content_size_raises_format_error() -> None:
+    x = np.random.default_rng(3).normal(0, 0.05, 100_000).astype(np.float32)
+    blob = bytearray(CODER.encode_elements(x))
+    # the planes after the exponent's are raw mantissa bytes: forge the last one's size
+    start = bytes(blob).rindex(_zhuff.MAGIC)
+    frame = bytes(blob[start:])
+    assert _zhuff.stored_blocks(frame) is not None and blob[start + 4] >> 6 == 2
+    blob[start + 6:start + 10] = (x.size - 1).to_bytes(4, "little")
+    with pytest.raises(FormatError):
+        CODER.decode_elements(bytes(blob), x.size, x.dtype)
