@@ -341,6 +341,27 @@ def test_slot_tables_are_small_for_small_blocks_and_right(alphabet: int, count: 
     assert table[-1] & np.uint64(0xFFFF) == (alphabet - 1) % 65536
 
 
+def compiled_calls(monkeypatch) -> list[int]:
+    """The symbol counts of every call to the compiled decoder (a spy around the real one),
+    with numba unloaded as far as the ``rans`` coder can tell."""
+    import sys
+
+    from rftpack.stages import rans
+
+    calls: list[int] = []
+    real = rans._compiled_decoder()
+    assert real is not None
+
+    def spy(*args, **kwargs):
+        calls.append(args[3])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rans, "_compiled_decoder", lambda: spy)
+    monkeypatch.setitem(sys.modules, "numba", None)  # as if numba were not loaded
+    monkeypatch.delitem(sys.modules, "numba")
+    return calls
+
+
 def test_the_rans_coder_switches_to_the_compiled_decoder_once_it_pays(monkeypatch) -> None:
     """Without numba loaded, constriction decodes the first COMPILED_AFTER_SYMBOLS symbols of
     a process; then (or at once, numba loaded) the compiled decoder: the same symbols, and a
@@ -352,17 +373,7 @@ def test_the_rans_coder_switches_to_the_compiled_decoder_once_it_pays(monkeypatc
     rng = np.random.default_rng(9)
     symbols = draw_symbols(rng, 300, 20_000, "skewed")
     data = V2.encode(symbols, 300)
-    calls = []
-    real = rans._compiled_decoder()
-    assert real is not None
-
-    def spy(*args, **kwargs):
-        calls.append(args[3])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(rans, "_compiled_decoder", lambda: spy)
-    monkeypatch.setitem(sys.modules, "numba", None)  # as if numba were not loaded
-    monkeypatch.delitem(sys.modules, "numba")
+    calls = compiled_calls(monkeypatch)
     monkeypatch.setattr(rans, "_decoded_by_constriction", rans.COMPILED_AFTER_SYMBOLS - 10_000)
     assert np.array_equal(V2.decode(data, 20_000, 300), symbols)   # constriction
     assert calls == []
@@ -372,6 +383,8 @@ def test_the_rans_coder_switches_to_the_compiled_decoder_once_it_pays(monkeypatc
     with pytest.raises(FormatError, match="corrupt"):
         V2.decode(corrupt, 20_000, 300)
     assert calls == [20_000, 20_000]
+    # numba's error path may have re-imported its package (it did when this test ran alone)
+    monkeypatch.delitem(sys.modules, "numba", raising=False)
     monkeypatch.setattr(rans, "_decoded_by_constriction", 0)
     assert np.array_equal(V2.decode(data, 20_000, 300), symbols)   # constriction again
     assert calls == [20_000, 20_000]
@@ -384,25 +397,13 @@ def test_a_planned_job_chooses_its_decoder_once(monkeypatch) -> None:
     """Inside a plan (a whole-archive decode) the decoder is chosen for the whole job: the
     compiled one from the first symbol when the plan holds COMPILED_AFTER_SYMBOLS symbols,
     else constriction throughout, even past the running count that switches lazy loads."""
-    import sys
-
     from rftpack.stages import rans
     from rftpack.stages.workload import planned
 
     rng = np.random.default_rng(10)
     symbols = draw_symbols(rng, 200, 5_000, "skewed")
     data = V2.encode(symbols, 200)
-    calls = []
-    real = rans._compiled_decoder()
-    assert real is not None
-
-    def spy(*args, **kwargs):
-        calls.append(args[3])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(rans, "_compiled_decoder", lambda: spy)
-    monkeypatch.setitem(sys.modules, "numba", None)
-    monkeypatch.delitem(sys.modules, "numba")
+    calls = compiled_calls(monkeypatch)
     monkeypatch.setattr(rans, "_decoded_by_constriction", rans.COMPILED_AFTER_SYMBOLS)
     with planned(rans.COMPILED_AFTER_SYMBOLS - 1):
         assert np.array_equal(V2.decode(data, 5_000, 200), symbols)   # constriction
