@@ -159,6 +159,8 @@ class PolarQuantizer(Quantizer):
     def view(self, streams: dict[str, np.ndarray], side: dict[str, Any], count: int) -> PolarView:
         """Coarse polar values of a block (uniform allocation), before any predictor."""
         index = _kept_index(streams, side, count)
+        if index is None:
+            index = np.arange(count)
         lo, hi = _side_pair(side, "amp_scale")
         amp_step = (hi - lo) / self.amp_levels if hi > lo else 0.0
         log_amp = lo + streams["amp_codes"].astype(np.float64) * amp_step
@@ -192,7 +194,7 @@ class PolarQuantizer(Quantizer):
             values = products.take(codes)
         else:
             values = amp_table.take(amp) * phasor_table.take(phase)
-        if index.shape[0] == count:
+        if index is None:
             return values
         out = np.zeros(count, np.complex128)
         out[index] = values
@@ -233,8 +235,10 @@ class PolarQuantizer(Quantizer):
         return out
 
 
-def _kept_index(streams: dict[str, np.ndarray], side: dict[str, Any], count: int) -> np.ndarray:
-    """Positions of a block's kept coefficients (checked against its streams and side info)."""
+def _kept_index(streams: dict[str, np.ndarray], side: dict[str, Any],
+                count: int) -> np.ndarray | None:
+    """Positions of a block's kept coefficients, ``None`` when all are kept (checked against
+    its streams and side info)."""
     kept = _side_int(side, "kept", count)
     if "keep_mask" in streams:
         mask = streams["keep_mask"].astype(bool)
@@ -244,7 +248,7 @@ def _kept_index(streams: dict[str, np.ndarray], side: dict[str, Any], count: int
     else:
         if kept != count:
             raise FormatError("polar: some coefficients were pruned but keep_mask is missing")
-        index = np.arange(count)
+        index = None
     for name in ("amp_codes", "phase_codes"):
         if streams[name].shape[0] != kept:
             raise FormatError(f"polar: {name} holds {streams[name].shape[0]} codes, "
