@@ -161,12 +161,16 @@ class PolarQuantizer(Quantizer):
         index = _kept_index(streams, side, count)
         if index is None:
             index = np.arange(count)
-        lo, hi = _side_pair(side, "amp_scale")
-        amp_step = (hi - lo) / self.amp_levels if hi > lo else 0.0
+        lo, hi, amp_step = self._amp_grid(side)
         log_amp = lo + streams["amp_codes"].astype(np.float64) * amp_step
         phase = -math.pi + streams["phase_codes"].astype(np.float64) * self.phase_step
         return PolarView(index=index, log_amp=log_amp, phase=phase, amp_range=(lo, hi),
                          amp_step=amp_step, phase_step=self.phase_step, count=count)
+
+    def _amp_grid(self, side: dict[str, Any]) -> tuple[float, float, float]:
+        """(lo, hi, step) of a block's log-amplitude grid (uniform allocation)."""
+        lo, hi = _side_pair(side, "amp_scale")
+        return lo, hi, (hi - lo) / self.amp_levels if hi > lo else 0.0
 
     def dequantize(self, streams: dict[str, np.ndarray], side: dict[str, Any], count: int,
                    refine: Any = None) -> np.ndarray:
@@ -180,8 +184,7 @@ class PolarQuantizer(Quantizer):
             return out
         index = _kept_index(streams, side, count)
         # Codes take few values: one lookup in the table of every (amplitude, phase) product.
-        lo, hi = _side_pair(side, "amp_scale")
-        amp_step = (hi - lo) / self.amp_levels if hi > lo else 0.0
+        lo, _, amp_step = self._amp_grid(side)
         amp_table = np.exp(lo + np.arange(1 << self.amp_bits) * amp_step)
         phasor_table = np.exp(1j * (-math.pi + np.arange(1 << self.phase_bits) * self.phase_step))
         amp, phase = streams["amp_codes"], streams["phase_codes"]
