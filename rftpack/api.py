@@ -125,7 +125,9 @@ class CompressOptions:
     #: → 0.910; at 4.94 bpw +0.08 dB and 0.99509 → 0.99529).
     row_dct: str = "off"
     layout: str | None = None
-    payload: str = "binary"
+    #: "auto": small payloads inline (base64) where that takes fewer bytes, the rest in .bin
+    #: members; "binary": every payload in a .bin; "base64": all inline (the spec's layout)
+    payload: str = "auto"
     overwrite: bool = False
     #: Threads for the kernels that split (the ``dq`` trellis search); None: the
     #: ``RFTPACK_THREADS`` environment variable, else every core. The archive is the same

@@ -17,6 +17,7 @@ import posixpath
 import shutil
 import threading
 import zipfile
+import zlib
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,6 +26,8 @@ from rftpack.errors import FormatError, IncompleteArchiveError, OutputError
 
 MANIFEST = "manifest_hybrid.json"
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+#: a ZIP member's local header and central directory record, without its name (no extras)
+_ZIP_HEADERS = 30 + 46
 
 
 def check_member_path(member: object) -> str:
@@ -50,6 +53,10 @@ class ArchiveStore:
 
     def put(self, member: str, data: bytes) -> int:
         """Store a member; returns the bytes it occupies (after ZIP compression)."""
+        raise NotImplementedError
+
+    def cost(self, member: str, data: bytes) -> int:
+        """Bytes ``put(member, data)`` would add to the archive, headers included."""
         raise NotImplementedError
 
     def commit(self) -> None:
@@ -88,6 +95,15 @@ class ZipStore(ArchiveStore):
             raise OutputError(f"writing {member} into {self.path} failed: "
                               f"{exc.strerror or exc}") from exc
         return info.compress_size
+
+    def cost(self, member: str, data: bytes) -> int:
+        # what writestr stores (deflate level 9, raw stream) plus the member's local header
+        # and central directory record, each 30 or 46 bytes and the name
+        size = len(data)
+        if member.endswith(".json"):
+            deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
+            size = len(deflater.compress(data)) + len(deflater.flush())
+        return size + _ZIP_HEADERS + 2 * len(member.encode())
 
     def commit(self) -> None:
         try:
@@ -143,6 +159,9 @@ class DirectoryStore(ArchiveStore):
             self.abort()
             raise OutputError(f"writing {target} failed: {exc.strerror or exc}") from exc
         self.written.append(target)
+        return len(data)
+
+    def cost(self, member: str, data: bytes) -> int:
         return len(data)
 
     def commit(self) -> None:

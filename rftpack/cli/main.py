@@ -132,8 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "3.4 bpw: embedding cosine 0.961 → 0.910)")
     c.add_argument("--layout", choices=["zip", "directory"],
                    help="single ZIP file (default) or a directory tree")
-    c.add_argument("--payload", choices=["binary", "base64"], default="binary",
-                   help="payload in .bin files, or base64 inside the JSON (the spec's layout)")
+    c.add_argument("--payload", choices=["auto", "binary", "base64"], default="auto",
+                   help="where each tensor's coded bytes go: its own .bin member, or base64 "
+                        "inside its JSON (the spec's layout); auto picks per tensor whichever "
+                        "is smaller in the archive for payloads up to 64 KiB (biases, norms), "
+                        ".bin above")
     c.add_argument("--threads", type=int, metavar="N",
                    help="threads for the dq profile's trellis search (default: every core, or "
                         "the RFTPACK_THREADS environment variable); the archive is the same "

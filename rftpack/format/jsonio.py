@@ -10,14 +10,19 @@ from rftpack.errors import FormatError
 MAX_JSON_BYTES = 256 << 20
 
 
-def dumps(obj: Any) -> bytes:
-    """Stable bytes for a JSON document (key order as built, no NaN, trailing newline).
+def dumps(obj: Any, compact: bool = False) -> bytes:
+    """Stable bytes for a JSON document (key order as built, no NaN, trailing newline):
+    indented by one space, or ``compact`` (no whitespace: tensor containers, which only
+    programs read and whose size counts in every archive).
 
     >>> dumps({"a": 1})
     b'{\\n "a": 1\\n}\\n'
+    >>> dumps({"a": [1, 2]}, compact=True)
+    b'{"a":[1,2]}\\n'
     """
+    layout: dict[str, Any] = {"separators": (",", ":")} if compact else {"indent": 1}
     try:
-        return (json.dumps(obj, indent=1, allow_nan=False, ensure_ascii=True) + "\n").encode()
+        return (json.dumps(obj, allow_nan=False, ensure_ascii=True, **layout) + "\n").encode()
     except ValueError as exc:
         raise FormatError(f"refusing to write non-finite numbers into JSON: {exc}") from exc
 
