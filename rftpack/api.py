@@ -46,6 +46,7 @@ from rftpack.io import TensorInfo, open_sink, open_source
 from rftpack.profiles import Profile, build_stage, get_profile
 from rftpack.ratecontrol import (
     Overhead,
+    RateFeedback,
     RatePlan,
     TensorStats,
     entropy_bits,
@@ -273,14 +274,21 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
                    if predictor is not None and lossy is not None else None)
         writer = ArchiveWriter(out, layout=options.layout, payload=options.payload,
                                overwrite=options.overwrite)
+        feedback = RateFeedback(rate_plan, {i.name: i.numel for i in infos}) \
+            if rate_plan is not None and rate_plan.planned else None
         try:
             entries, totals, row_weighted, calibrated = [], _Totals(), [], []
+            moved: dict[str, float] = {}  # the feedback's factors on planned steps
             for info in progress(infos):
                 array = model.read(info.name)
                 rows = _row_steps(info.name, array, options)
                 dct = None if rows is not None else row_dct(info.name, array, lossy, options)
+                multiplier = feedback.multiplier(info.name) if feedback is not None else 1.0
+                if multiplier != 1.0:
+                    moved[info.name] = multiplier
                 pipeline = _with_row_length(_with_row_dct(
-                    _with_step(lossy, rate_plan, info.name, options), dct), array, options)
+                    _with_step(lossy, rate_plan, info.name, options, multiplier), dct), array,
+                    options)
                 rounded = None
                 if rows is not None:
                     pipeline = _for_rows(pipeline, *rows)
@@ -302,6 +310,8 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
                     raise StageError(f"tensor {info.name!r}: a pipeline stage failed: "
                                      f"{type(exc).__name__}: {exc}") from exc
                 written = writer.add_tensor(encoded)
+                if feedback is not None:
+                    feedback.wrote(info.name, written["archive_bytes"])
                 entries.append(_manifest_entry(info, encoded, written))
                 totals.add(info, encoded, written)
                 del array, encoded, rounded
@@ -315,7 +325,7 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
                 predictor_seconds = time.perf_counter() - t0
                 predictor_record = _decide_predictor(trained, entries, writer)
             manifest = _manifest(model, profile, options, lossy, entries, totals, trained,
-                                 predictor_record, rate_plan, row_weighted, calibrated)
+                                 predictor_record, rate_plan, row_weighted, calibrated, moved)
             writer.finish(manifest)
         except BaseException:
             writer.abort()
@@ -507,11 +517,13 @@ def is_token_embedding(name: str) -> bool:
 
 
 def _with_step(lossy: LossyPipeline | None, rate_plan: RatePlan | None, name: str,
-               options: CompressOptions) -> LossyPipeline | None:
-    """The lossy pipeline with the rate-controlled step of this tensor, if any."""
-    if lossy is None or rate_plan is None or rate_plan.step_for(name) is None:
+               options: CompressOptions, multiplier: float = 1.0) -> LossyPipeline | None:
+    """The lossy pipeline with the rate-controlled step of this tensor (× the feedback's
+    ``multiplier``), if any."""
+    step = rate_plan.step_for(name) if rate_plan is not None else None
+    if lossy is None or step is None:
         return lossy
-    changes: dict[str, Any] = {"step": rate_plan.step_for(name)}
+    changes: dict[str, Any] = {"step": step * multiplier}
     if options.max_rel_error is not None and hasattr(lossy.quantizer, "centroid"):
         changes["centroid"] = False  # centroid shifts would break the error bound
     return dataclasses.replace(lossy, quantizer=dataclasses.replace(lossy.quantizer, **changes))
@@ -794,7 +806,8 @@ def _manifest(model: Any, profile: Profile, options: CompressOptions,
               lossy: LossyPipeline | None, entries: list[dict[str, Any]], totals: _Totals,
               trained: TrainedResidual | None, predictor: dict[str, Any] | None,
               rate_plan: RatePlan | None = None, row_weighted: Iterable[str] = (),
-              calibrated: Iterable[str] = ()) -> dict[str, Any]:
+              calibrated: Iterable[str] = (), feedback: dict[str, float] | None = None
+              ) -> dict[str, Any]:
     codec: dict[str, Any] = {"mode": "hybrid" if lossy else "exact", "profile": profile.name,
                              "lossless": lossy is None,
                              "min_lossy_numel": options.min_lossy_numel,
@@ -820,6 +833,8 @@ def _manifest(model: Any, profile: Profile, options: CompressOptions,
             "estimated_snr_db": (round(rate_plan.estimated_snr_db, 4)
                                  if rate_plan.estimated_snr_db is not None else None),
             "mantissa_bits": rate_plan.mantissa_bits, "exact_small": options.exact_small}
+        if feedback:
+            codec["rate_control"]["step_feedback"] = dict(sorted(feedback.items()))
     snr = (10.0 * math.log10(totals.signal / totals.error)
            if totals.error > 0 and totals.signal > 0 else None)
     metrics: dict[str, Any] = {

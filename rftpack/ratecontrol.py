@@ -27,6 +27,15 @@ MAX_SAMPLE = 1 << 19
 #: a bits-per-weight target is planned this fraction under, the accuracy of the estimate
 #: (measured on MiniLM: within ±0.05 % of the archive's size), so archives stay within it
 RATE_MARGIN = 1e-3
+#: with a bits-per-weight target, compress compares what each tensor took with the plan and
+#: moves the steps of the tensors still to come (:class:`RateFeedback`), spending the margin
+#: of the tensors already written: the archive lands this fraction under its target
+FINAL_MARGIN = 1e-4
+#: a tensor's estimate may miss by this fraction (on MiniLM single tensors miss by up to
+#: ±0.5 %): the feedback keeps that much back where the tensors after it cannot make up for it
+TENSOR_MARGIN = 1e-2
+#: the feedback moves a tensor's step by at most this many octaves either way
+FEEDBACK_OCTAVES = 0.25
 #: an SNR target's error budget is planned this fraction tighter (0.02 dB): the estimated
 #: squared error is within ±0.2 % of the archive's on MiniLM
 ERROR_MARGIN = 5e-3
@@ -122,9 +131,76 @@ class RatePlan:
     estimated_snr_db: float | None
     #: small float tensors are rounded to this many mantissa bits (None: stored exactly)
     mantissa_bits: int | None = None
+    #: bits-per-weight targets only (else empty / None): the bytes each tensor is planned to
+    #: take in the archive (container and payload), the lossy tensors' share of that that is
+    #: estimated payload, the bytes of the manifest and the rest, the archive's limit, and
+    #: how many bits per lossy weight halving every step adds (for :class:`RateFeedback`)
+    planned: dict[str, float] = field(default_factory=dict)
+    payload: dict[str, float] = field(default_factory=dict)
+    rest_bytes: float = 0.0
+    limit_bytes: float | None = None
+    bits_per_octave: float = 1.0
 
     def step_for(self, name: str) -> float | None:
         return self.steps.get(name, self.step)
+
+
+class RateFeedback:
+    """Closes the loop of a bits-per-weight plan while the tensors are written.
+
+    The plan aims RATE_MARGIN under the target because its estimate can miss by about that
+    much. Once a tensor is written its size is known: whatever it took less than planned is
+    free (or owed, if more). Before each lossy tensor the steps of all the lossy tensors still
+    to come move by the octaves that would spend what is free (at the plan's bits per octave),
+    and that tensor takes its move. What is kept back for the estimates still to be proven
+    is RATE_MARGIN of their sum (a common bias); TENSOR_MARGIN of a tensor's payload (its own
+    miss) where the tensors written after it could not make up for that within
+    FEEDBACK_OCTAVES (the last tensor, a small one after a large one), the largest such; and
+    FINAL_MARGIN of the limit.
+
+    Example:
+        >>> plan = RatePlan(1.0, {}, 4.0, None, planned={"a": 500.0, "b": 500.0},
+        ...                 payload={"a": 400.0, "b": 400.0}, limit_bytes=1010.0)
+        >>> feedback = RateFeedback(plan, {"a": 2000, "b": 2000})
+        >>> round(feedback.multiplier("a"), 3)    # nothing proven yet: about the plan's step
+        0.993
+        >>> feedback.wrote("a", 480)              # 20 bytes less than planned
+        >>> round(feedback.multiplier("b"), 3)    # b may spend most of them: a finer step
+        0.932
+    """
+
+    def __init__(self, plan: RatePlan, lossy_numel: dict[str, int]) -> None:
+        self.plan = plan
+        self.numel = {name: n for name, n in lossy_numel.items() if name in plan.payload}
+        self.weights_left = sum(self.numel.values())
+        # each lossy tensor's miss that the ones after it (in writing order) cannot absorb
+        self.exposed: dict[str, float] = {}
+        absorbs = 0.0
+        for name in reversed(self.numel):
+            self.exposed[name] = max(0.0, TENSOR_MARGIN * plan.payload[name] - absorbs)
+            absorbs += self.numel[name] * FEEDBACK_OCTAVES * plan.bits_per_octave / 8
+        self.payload_left = sum(plan.payload.values())
+        self.planned_left = sum(plan.planned.values()) + plan.rest_bytes
+        self.written = 0.0
+
+    def multiplier(self, name: str) -> float:
+        """The factor on the planned step of tensor ``name``, about to be written (1 for
+        tensors off the lossy path)."""
+        if name not in self.numel or self.plan.limit_bytes is None or not self.weights_left:
+            return 1.0
+        free = (self.plan.limit_bytes * (1 - FINAL_MARGIN) - self.written - self.planned_left
+                - RATE_MARGIN * self.payload_left
+                - max(self.exposed[n] for n in self.numel))
+        octaves = 8.0 * free / (self.weights_left * self.plan.bits_per_octave)
+        return 2.0 ** -min(max(octaves, -FEEDBACK_OCTAVES), FEEDBACK_OCTAVES)
+
+    def wrote(self, name: str, stored_bytes: int) -> None:
+        """Tensor ``name`` took ``stored_bytes`` in the archive."""
+        self.written += stored_bytes
+        self.planned_left -= self.plan.planned.get(name, 0.0)
+        if name in self.numel:
+            self.weights_left -= self.numel.pop(name)
+            self.payload_left -= self.plan.payload[name]
 
 
 def sample_of(x: np.ndarray) -> np.ndarray:
@@ -375,12 +451,16 @@ def plan(stats: list[TensorStats], quantizer: Quantizer, *, target_bpw: float | 
     def at(step: float, **changes: object) -> Quantizer:
         return dataclasses.replace(quantizer, step=step, **changes)  # type: ignore[type-var]
 
+    parts: dict[float, list[float]] = {}  # each lossy tensor's payload bits, by step
+
     def totals(step: float) -> tuple[float, float]:
         bits, error = 0.0, fixed_error
+        parts[step] = []
         for s in lossy:
             b, e = estimate(s, at(step / math.sqrt(s.weight)), block_size)
             bits += b * overhead.payload_factor
             error += e
+            parts[step].append(b * overhead.payload_factor)
         return bits + fixed_bits, error
 
     if max_rel_error is not None:
@@ -458,7 +538,32 @@ def plan(stats: list[TensorStats], quantizer: Quantizer, *, target_bpw: float | 
     bits, error = measured[log_step]
     step = math.exp(log_step)
     steps = {s.name: step / math.sqrt(s.weight) for s in lossy if s.weight != 1.0}
-    return RatePlan(step, steps, bits / weights, _snr(signal, error))
+    chosen = RatePlan(step, steps, bits / weights, _snr(signal, error))
+    if target_bpw is None:
+        return chosen
+    payload = {s.name: b / 8 for s, b in zip(lossy, parts[step], strict=True)}
+    planned = {s.name: payload[s.name] + overhead.lossy + overhead.block * (
+        math.ceil(s.numel / (s.block_size or block_size)) - 1) for s in lossy}
+    planned.update({s.name: overhead.payload_factor * s.exact_bytes + overhead.exact
+                    for s in stats if s.name not in planned})
+    return dataclasses.replace(
+        chosen, planned=planned, payload=payload,
+        rest_bytes=overhead.archive + overhead.manifest_entry * len(stats),
+        limit_bytes=target_bpw * weights / 8,
+        bits_per_octave=_bits_per_octave(measured, log_step, lossy_weights))
+
+
+def _bits_per_octave(measured: dict[float, tuple[float, float]], log_step: float,
+                     lossy_weights: int) -> float:
+    """Bits per lossy weight that halving every step adds, between the chosen step and the
+    nearest evaluated one at least 1/32 octave from it (closer ones measure the sample's noise);
+    1, the high-rate figure, when there is none; within [0.5, 1.5]."""
+    apart = [x for x in measured if abs(x - log_step) >= math.log(2) / 32]
+    if not apart:
+        return 1.0
+    other = min(apart, key=lambda x: abs(x - log_step))
+    slope = (measured[other][0] - measured[log_step][0]) / ((log_step - other) / math.log(2))
+    return min(max(slope / lossy_weights, 0.5), 1.5)
 
 
 def _near_root(f, x: float, slope: float, evaluations: int = 6, tolerance: float = 5e-4,

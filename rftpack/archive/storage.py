@@ -59,6 +59,10 @@ class ArchiveStore:
         """Bytes ``put(member, data)`` would add to the archive, headers included."""
         raise NotImplementedError
 
+    def header_bytes(self, member: str) -> int:
+        """Bytes a member adds to the archive besides what ``put`` returns (its headers)."""
+        return 0
+
     def commit(self) -> None:
         raise NotImplementedError
 
@@ -103,7 +107,10 @@ class ZipStore(ArchiveStore):
         if member.endswith(".json"):
             deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
             size = len(deflater.compress(data)) + len(deflater.flush())
-        return size + _ZIP_HEADERS + 2 * len(member.encode())
+        return size + self.header_bytes(member)
+
+    def header_bytes(self, member: str) -> int:
+        return _ZIP_HEADERS + 2 * len(member.encode())
 
     def commit(self) -> None:
         try:

@@ -68,7 +68,8 @@ class ArchiveWriter:
         return self.store.put(member, data)
 
     def add_tensor(self, encoded: EncodedTensor) -> dict[str, Any]:
-        """Store one tensor; returns what the manifest needs to know about it."""
+        """Store one tensor; returns what the manifest needs to know about it, and the bytes
+        it added to the archive (``archive_bytes``, member headers included)."""
         container = encoded.container
         name = container["name"]
         if name in self.tensor_names:
@@ -77,12 +78,15 @@ class ArchiveWriter:
         stem = self.names.stem(name)
         member, payload_member = f"tensors/{stem}.json", f"tensors/{stem}.bin"
         document, binary = self._document(container, encoded.payload, member, payload_member)
+        headers = self.store.header_bytes(member)
         if binary:
             self._put(payload_member, encoded.payload)
+            headers += self.store.header_bytes(payload_member)
         stored = self._put(member, document)
+        payload_bytes = len(encoded.payload) if binary else 0
         return {"file": member, "container_sha256": hashlib.sha256(document).hexdigest(),
-                "container_bytes": stored,
-                "stored_bytes": stored + (len(encoded.payload) if binary else 0)}
+                "container_bytes": stored, "stored_bytes": stored + payload_bytes,
+                "archive_bytes": stored + payload_bytes + headers}
 
     def _document(self, container: dict[str, Any], data: bytes, member: str,
                   payload_member: str) -> tuple[bytes, bool]:
