@@ -70,7 +70,7 @@ PROFILES: dict[str, Profile] = {
                     "slower again without; --set states=64 encodes 2× faster, 0.1 dB worse",
         transform={"name": "identity", "configuration": {}},
         quantizer={"name": "dq", "configuration": {"rel_step": 0.06, "states": 256,
-                                                   "chain": 1024, "row_classes": 4}},
+                                                   "chain": 4096, "row_classes": 4}},
         coder={"name": "rans", "configuration": {}},
         exact_coder=_floatplanes(),
     ),

@@ -281,7 +281,7 @@ def test_records_without_states_or_chain_mean_what_version_2_wrote() -> None:
     bare = DependentQuantizer.from_config({"name": "dq", "configuration": {"step": 0.1}})
     assert (bare.states, bare.chain) == (8, 256)
     profile = build_stage("quantizer", PROFILES["dq"].quantizer)
-    assert (profile.states, profile.chain) == (256, 1024)
+    assert (profile.states, profile.chain) == (256, 4096)
 
 
 @pytest.mark.parametrize("states", sorted(TRELLISES))
@@ -295,3 +295,21 @@ def test_decoding_symbols_replays_the_state_machine(states: int, chain: int) -> 
         expected = stepwise_replay(k, chain, states) * 0.37
         assert np.array_equal(decode_symbols(symbols, alphabet, chain, states, 0.37), expected)
         assert np.array_equal(replay(k, chain, states) * 0.37, expected)
+
+
+def test_the_refitted_rate_table_prices_the_searchs_own_indices() -> None:
+    """Rounding's table misprices what the trellis chooses; the refit is close to the bits
+    those indices really cost (their entropy plus a sign bit per non-zero index)."""
+    x = np.random.default_rng(4).laplace(size=1 << 16) * 3
+    rounding = dq._rate_table(x)
+    refitted = dq.refitted_rates(x, 0.25, 1024, 64)
+    k = np.abs(dq.viterbi(x, 0.25, refitted, 1024, 64))
+    counts = np.bincount(k)
+    p = counts[counts > 0] / k.size
+    true_bits = float(-(p * np.log2(p)).sum() + np.mean(k > 0))
+
+    def priced(table: np.ndarray) -> float:
+        return float(table[np.minimum(k, table.shape[0] - 1)].mean())
+
+    assert abs(priced(refitted) - true_bits) < 0.02
+    assert abs(priced(rounding) - true_bits) > 5 * abs(priced(refitted) - true_bits)
