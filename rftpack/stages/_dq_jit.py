@@ -85,6 +85,7 @@ def viterbi_chains(xs: np.ndarray, lam: float, rates: np.ndarray, edges: np.ndar
     new = np.empty((states, LANES))
     j = np.empty((4, LANES))
     k = np.empty((4, LANES))
+    state = np.zeros(LANES, np.int64)
     for first in range(0, width, LANES):
         lanes = min(LANES, width - first)
         cost[:, :] = np.inf
@@ -106,15 +107,20 @@ def viterbi_chains(xs: np.ndarray, lam: float, rates: np.ndarray, edges: np.ndar
                 came[t, ns] = bits
             cost, new = new, cost
         for w in range(lanes):
-            state = 0
+            best = 0
             for s in range(1, states):  # argmin: the first of equal costs
-                if cost[s, w] < cost[state, w]:
-                    state = s
-            for t in range(steps - 1, -1, -1):
-                if (came[t, state] >> w) & 1:
-                    out[first + w, t] = int(indices[t, jb[state], w])
-                    state = sb[state]
+                if cost[s, w] < cost[best, w]:
+                    best = s
+            state[w] = best
+        # All lanes step back together: one pass over the traceback, which at long chains
+        # (4096 steps × 256 states: 4 MB) no longer fits in cache for a pass per lane.
+        for t in range(steps - 1, -1, -1):
+            for w in range(lanes):
+                s = state[w]
+                if (came[t, s] >> w) & 1:
+                    out[first + w, t] = int(indices[t, jb[s], w])
+                    state[w] = sb[s]
                 else:
-                    out[first + w, t] = int(indices[t, ja[state], w])
-                    state = sa[state]
+                    out[first + w, t] = int(indices[t, ja[s], w])
+                    state[w] = sa[s]
     return out
