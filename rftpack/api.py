@@ -806,7 +806,7 @@ def _manifest(model: Any, profile: Profile, options: CompressOptions,
               lossy: LossyPipeline | None, entries: list[dict[str, Any]], totals: _Totals,
               trained: TrainedResidual | None, predictor: dict[str, Any] | None,
               rate_plan: RatePlan | None = None, row_weighted: Iterable[str] = (),
-              calibrated: Iterable[str] = (), feedback: dict[str, float] | None = None
+              calibrated: Iterable[str] = (), step_feedback: dict[str, float] | None = None
               ) -> dict[str, Any]:
     codec: dict[str, Any] = {"mode": "hybrid" if lossy else "exact", "profile": profile.name,
                              "lossless": lossy is None,
@@ -833,8 +833,8 @@ def _manifest(model: Any, profile: Profile, options: CompressOptions,
             "estimated_snr_db": (round(rate_plan.estimated_snr_db, 4)
                                  if rate_plan.estimated_snr_db is not None else None),
             "mantissa_bits": rate_plan.mantissa_bits, "exact_small": options.exact_small}
-        if feedback:
-            codec["rate_control"]["step_feedback"] = dict(sorted(feedback.items()))
+        if step_feedback:
+            codec["rate_control"]["step_feedback"] = dict(sorted(step_feedback.items()))
     snr = (10.0 * math.log10(totals.signal / totals.error)
            if totals.error > 0 and totals.signal > 0 else None)
     metrics: dict[str, Any] = {

@@ -5,7 +5,9 @@ target; or per-tensor steps that bound the maximum relative error.
 
 The first pass keeps a strided sample (≤ 65,536 weights) of each lossy tensor and its energy;
 rate is estimated from the sample's code histogram (Miller–Madow corrected) plus the coder's
-table and container overheads, distortion from the sample's actual quantization error.
+table and container overheads, distortion from the sample's actual quantization error. With a
+bits-per-weight target, compress then corrects the steps while it writes, from the sizes of
+the tensors already written (:class:`RateFeedback`).
 """
 
 from __future__ import annotations
