@@ -40,8 +40,15 @@ FINAL_MARGIN = 1e-4
 #: a tensor's estimate may miss by this fraction (on MiniLM single tensors miss by up to
 #: ±0.5 %): the feedback keeps that much back where the tensors after it cannot make up for it
 TENSOR_MARGIN = 1e-2
-#: the feedback moves a tensor's step by at most this many octaves either way
+#: the feedback moves a tensor's step by at most this many octaves either way, and by no more
+#: than would change its planned payload by this fraction: a tensor at a low rate (MiniLM's
+#: pooler, weighted down by calibration, 3.6 KB) grows much faster than the plan's bits per
+#: octave say (it was asked to spend 3.6 KB more and took 5.8 KB)
 FEEDBACK_OCTAVES = 0.25
+FEEDBACK_SHARE = 0.1
+#: a tensor with nothing after it to make up for its misses spends this much less of what is
+#: free (1/(1 + MOVE_MISS)): what its move takes is known only once it is written
+MOVE_MISS = 0.5
 #: an SNR target's error budget is planned this fraction tighter (0.02 dB): the estimated
 #: squared error is within ±0.2 % of the archive's on MiniLM
 ERROR_MARGIN = 5e-3
@@ -158,11 +165,12 @@ class RateFeedback:
     much. Once a tensor is written its size is known: whatever it took less than planned is
     free (or owed, if more). Before each lossy tensor the steps of all the lossy tensors still
     to come move by the octaves that would spend what is free (at the plan's bits per octave),
-    and that tensor takes its move. What is kept back for the estimates still to be proven
-    is RATE_MARGIN of their sum (a common bias); TENSOR_MARGIN of a tensor's payload (its own
-    miss) where the tensors written after it could not make up for that within
-    FEEDBACK_OCTAVES (the last tensor, a small one after a large one), the largest such; and
-    FINAL_MARGIN of the limit.
+    and that tensor takes its move (within FEEDBACK_OCTAVES and FEEDBACK_SHARE of its payload).
+    What is kept back for the estimates still to be proven is RATE_MARGIN of their sum (a
+    common bias); TENSOR_MARGIN of a tensor's payload (its own miss) where the tensors written
+    after it could not make up for that (the last tensor, a small one after a large one), the
+    largest such; and FINAL_MARGIN of the limit. Such a tensor also spends less of what is
+    free (MOVE_MISS), as nothing after it can make up for its move's miss either.
 
     Example:
         >>> plan = RatePlan(1.0, {}, 4.0, None, planned={"a": 500.0, "b": 500.0},
@@ -171,8 +179,9 @@ class RateFeedback:
         >>> round(feedback.multiplier("a"), 3)    # nothing proven yet: about the plan's step
         0.993
         >>> feedback.wrote("a", 480)              # 20 bytes less than planned
-        >>> round(feedback.multiplier("b"), 3)    # b may spend most of them: a finer step
-        0.932
+        >>> round(feedback.multiplier("b"), 3)    # b may spend them: a finer step, by at
+        0.954
+        >>> # most what adds FEEDBACK_SHARE (10 %) to its payload
     """
 
     def __init__(self, plan: RatePlan, lossy_numel: dict[str, int]) -> None:
@@ -184,7 +193,8 @@ class RateFeedback:
         absorbs = 0.0
         for name in reversed(self.numel):
             self.exposed[name] = max(0.0, TENSOR_MARGIN * plan.payload[name] - absorbs)
-            absorbs += self.numel[name] * FEEDBACK_OCTAVES * plan.bits_per_octave / 8
+            absorbs += min(self.numel[name] * FEEDBACK_OCTAVES * plan.bits_per_octave / 8,
+                           FEEDBACK_SHARE * plan.payload[name])
         self.payload_left = sum(plan.payload.values())
         self.planned_left = sum(plan.planned.values()) + plan.rest_bytes
         self.written = 0.0
@@ -197,8 +207,13 @@ class RateFeedback:
         free = (self.plan.limit_bytes * (1 - FINAL_MARGIN) - self.written - self.planned_left
                 - RATE_MARGIN * self.payload_left
                 - max(self.exposed[n] for n in self.numel))
-        octaves = 8.0 * free / (self.weights_left * self.plan.bits_per_octave)
-        return 2.0 ** -min(max(octaves, -FEEDBACK_OCTAVES), FEEDBACK_OCTAVES)
+        per_octave = self.plan.bits_per_octave / 8  # bytes per weight and octave
+        octaves = free / (self.weights_left * per_octave)
+        if self.exposed[name] > 0:
+            octaves /= 1 + MOVE_MISS
+        bound = min(FEEDBACK_OCTAVES,
+                    FEEDBACK_SHARE * self.plan.payload[name] / (self.numel[name] * per_octave))
+        return 2.0 ** -min(max(octaves, -bound), bound)
 
     def wrote(self, name: str, stored_bytes: int) -> None:
         """Tensor ``name`` took ``stored_bytes`` in the archive."""

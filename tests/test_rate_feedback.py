@@ -12,6 +12,7 @@ import rftpack
 from rftpack import api
 from rftpack.ratecontrol import (
     FEEDBACK_OCTAVES,
+    FEEDBACK_SHARE,
     FINAL_MARGIN,
     RATE_MARGIN,
     TENSOR_MARGIN,
@@ -55,10 +56,11 @@ def test_exact_estimates_land_the_archive_just_under_its_limit() -> None:
     steps = list(factors.values())
     assert all(later < earlier for earlier, later in zip(steps, steps[1:], strict=False))
     assert steps[-1] < 1.0
-    # kept back at the end: the final margin and the last tensor's own (nothing after it)
+    # kept back at the end: the final margin, the last tensor's own (nothing after it) and a
+    # part of what was free before it (MOVE_MISS: nothing can make up for its move's miss)
     kept = (TENSOR_MARGIN + RATE_MARGIN) * 10_000
-    limit = plan.limit_bytes
-    assert limit * (1 - FINAL_MARGIN) - kept - 1 <= total <= limit
+    leftover = plan.limit_bytes * (1 - FINAL_MARGIN) - total
+    assert kept - 1 <= leftover <= 1.5 * kept
 
 
 def test_a_tensor_larger_than_planned_makes_the_next_ones_coarser() -> None:
@@ -145,3 +147,18 @@ def test_feedback_lands_closer_to_the_target_and_never_over(model: Path, tmp_pat
     # what is left: mostly the estimate of the manifest and the containers (this model's
     # archive is ~100 KB, where MiniLM's lands 0.03 % under)
     assert achieved(closed) >= bpw * 0.99
+
+
+def test_a_small_tensor_at_a_low_rate_is_not_asked_to_grow_by_more_than_a_share() -> None:
+    """MiniLM's pooler under calibration: 147k weights planned at 3.6 KB, last in line, with
+    9 KB free before it. Asked to spend all of it at the plan's bits per octave, it took 60 %
+    more than predicted and the archive went over; now its move is bounded by its payload."""
+    payload = {"big": 1_000_000.0, "pooler": 3_650.0}
+    numel = {"big": 2_000_000, "pooler": 147_456}
+    plan = plan_for(payload)
+    feedback = RateFeedback(plan, numel)
+    feedback.multiplier("big")
+    feedback.wrote("big", plan.planned["big"] - 9_000)
+    octaves = -np.log2(feedback.multiplier("pooler"))
+    predicted_spend = octaves * numel["pooler"] * plan.bits_per_octave / 8
+    assert predicted_spend == pytest.approx(FEEDBACK_SHARE * payload["pooler"])
