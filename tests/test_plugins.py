@@ -93,6 +93,31 @@ def test_stage_from_config() -> None:
         stage_from_config("coder", {"name": "brotli", "configuration": {}})
 
 
+
+def test_stage_recorded_as_rftpacks_own_is_found_without_scanning_plugins(monkeypatch) -> None:
+    import rftpack.plugins as plugins
+
+    def no_scan():
+        raise AssertionError("the installed plugins were scanned")
+
+    monkeypatch.setattr(plugins, "registry", no_scan)
+    assert get_stage("coder", "zstd", provider_hint="rftpack") is ZstdCoder
+    assert stage_from_config("coder", {"name": "zstd", "configuration": {"level": 5},
+                                       "provider": "rftpack"}) == ZstdCoder(level=5)
+    with pytest.raises(AssertionError, match="scanned"):  # anything else needs the registry
+        get_stage("coder", "zstd")
+    with pytest.raises(AssertionError, match="scanned"):
+        get_stage("coder", "acme.coder", provider_hint="rftpack")
+
+
+def test_builtin_fast_path_agrees_with_the_registry() -> None:
+    for kind in EXPECTED:
+        for stage_id in registry().ids(kind):
+            entry = registry().get(kind, stage_id)
+            if entry.provider == "rftpack":
+                assert get_stage(kind, stage_id, provider_hint="rftpack") is entry.cls
+
+
 # -- misbehaving plugins --------------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -339,7 +339,7 @@ class _SegmentReader:
             if actual != size:
                 raise FormatError(f"{source}: payload {member} holds {actual} bytes, declared "
                                   f"{size}")
-            self.data = archive.source.read(member, hashed=self.payload.get("sha256") is not None)
+            self.data = archive.source.view(member, hashed=self.payload.get("sha256") is not None)
         else:
             self.data = self._assemble_inline(container)
         self._check_sha(self.data)

@@ -12,9 +12,11 @@ so a directory without ``manifest_hybrid.json`` is an incomplete archive.
 
 from __future__ import annotations
 
+import mmap
 import os
 import posixpath
 import shutil
+import struct
 import threading
 import zipfile
 import zlib
@@ -28,6 +30,8 @@ MANIFEST = "manifest_hybrid.json"
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 #: a ZIP member's local header and central directory record, without its name (no extras)
 _ZIP_HEADERS = 30 + 46
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, then the name and extra field lengths
+_LOCAL_SIGNATURE = b"PK\x03\x04"
 
 
 def check_member_path(member: object) -> str:
@@ -279,6 +283,70 @@ class ArchiveSource:
                               f"({offset + len(data)} < {offset + length} bytes)")
         return data
 
+    def view(self, member: str, *, hashed: bool = False) -> bytes | memoryview:
+        """A member's bytes, not copied where it is stored uncompressed: a read-only view of a
+        memory map of its range of the file (pages are read on first touch; the map is
+        released with the last view of it). Deflated members, and archives given as file
+        objects without a descriptor, are read as by :meth:`read`. ``hashed`` as there: a
+        ZIP member whose bytes the caller does not hash is checked against its CRC-32.
+
+        Like any memory map, a view assumes the file is not truncated while it is in use.
+
+        Example:
+            >>> import tempfile, zipfile
+            >>> path = tempfile.mkdtemp() + "/a.zip"
+            >>> with zipfile.ZipFile(path, "w") as z:
+            ...     z.writestr(MANIFEST, "{}"); z.writestr("tensors/w.bin", b"payload")
+            >>> bytes(ArchiveSource(path).view("tensors/w.bin"))
+            b'payload'
+        """
+        try:
+            if self._zip is not None:
+                return self._zip_view(member, hashed)
+            with open(self._resolve(member), "rb") as handle:
+                return _map(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except FileNotFoundError:
+            raise FormatError(f"{self.path}: member {member!r} is missing") from None
+        except (OSError, ValueError) as exc:
+            raise FormatError(f"{self.path}: cannot read {member!r}: {exc}") from exc
+
+    def _zip_view(self, member: str, hashed: bool) -> bytes | memoryview:
+        assert self._zip is not None
+        info = self._info(member)
+        try:
+            fd = self._zip.fp.fileno() if self._zip.fp is not None else -1
+        except (AttributeError, OSError, ValueError):  # e.g. an io.BytesIO archive
+            fd = -1
+        if fd < 0 or info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+            return self.read(member, hashed=hashed)
+        header = os.pread(fd, _LOCAL_HEADER.size, info.header_offset)
+        if len(header) != _LOCAL_HEADER.size:
+            raise FormatError(f"{self.path}: {member!r}: local header lies past the end")
+        signature, name_length, extra_length = _LOCAL_HEADER.unpack(header)
+        start = info.header_offset + _LOCAL_HEADER.size
+        name = os.pread(fd, name_length, start)
+        encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
+        if signature != _LOCAL_SIGNATURE or name.decode(encoding, "replace") != info.orig_filename:
+            raise FormatError(f"{self.path}: {member!r}: bad local header (corrupt archive)")
+        start += name_length + extra_length
+        if start + info.file_size > os.fstat(fd).st_size:
+            raise FormatError(f"{self.path}: {member!r} runs past the end of the file "
+                              f"(truncated archive)")
+        data = _map(fd, start, info.file_size)
+        if not hashed and zlib.crc32(data) != info.CRC:
+            raise FormatError(f"{self.path}: cannot read {member!r}: Bad CRC-32 (corrupt "
+                              f"archive)")
+        return data
+
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
+
+
+def _map(fd: int, start: int, length: int) -> bytes | memoryview:
+    """A read-only view of bytes ``[start, start + length)`` of file ``fd``, memory-mapped."""
+    if length == 0:
+        return b""
+    aligned = start - start % mmap.ALLOCATIONGRANULARITY
+    mapped = mmap.mmap(fd, start + length - aligned, access=mmap.ACCESS_READ, offset=aligned)
+    return memoryview(mapped)[start - aligned:]
