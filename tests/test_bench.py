@@ -15,6 +15,7 @@ from rftpack.bench.report import footnotes, markdown_table, text_table
 from rftpack.bench.runner import BenchConfig, run_bench
 from rftpack.bench.settings import all_settings
 from rftpack.cli.main import main
+from rftpack.errors import InputError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -70,6 +71,23 @@ def test_cli_quick_run(tiny_model: Path, tmp_path: Path,
         b"IEND\xaeB`\x82")
     assert md.read_text().startswith("| codec | setting | bits/weight")
 
+
+
+def test_decode_speed_is_the_fastest_of_several_fresh_decodes(tiny_model: Path,
+                                                             tmp_path: Path) -> None:
+    result = run_bench(BenchConfig(model=str(tiny_model), embeddings=False, codecs=("zstd",),
+                                   workdir=str(tmp_path / "w"), decode_runs=2))
+    assert result.rows
+    for row in result.rows:
+        assert len(row.decode_runs_seconds) == 2
+        assert row.decode_seconds == min(row.decode_runs_seconds)
+        assert row.to_json()["decode_runs_seconds"] == row.decode_runs_seconds
+    assert any("fastest of 2 decodes" in line for line in footnotes(result))
+    quick = run_bench(BenchConfig(model=str(tiny_model), quick=True, codecs=("zstd",),
+                                  workdir=str(tmp_path / "q"), decode_runs=5))
+    assert all(len(row.decode_runs_seconds) == 1 for row in quick.rows)  # --quick: one
+    with pytest.raises(InputError, match="decode runs"):
+        run_bench(BenchConfig(model=str(tiny_model), codecs=("zstd",), decode_runs=0))
 
 def test_human_table_and_footnotes(tiny_model: Path, tmp_path: Path) -> None:
     result = run_bench(BenchConfig(model=str(tiny_model), quick=True, codecs=("zstd",),

@@ -304,7 +304,8 @@ class ArchiveSource:
             if self._zip is not None:
                 return self._zip_view(member, hashed)
             with open(self._resolve(member), "rb") as handle:
-                return _map(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+                mapped = _map(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+            return self.read(member) if mapped is None else mapped
         except FileNotFoundError:
             raise FormatError(f"{self.path}: member {member!r} is missing") from None
         except (OSError, ValueError) as exc:
@@ -333,6 +334,8 @@ class ArchiveSource:
             raise FormatError(f"{self.path}: {member!r} runs past the end of the file "
                               f"(truncated archive)")
         data = _map(fd, start, info.file_size)
+        if data is None:
+            return self.read(member, hashed=hashed)
         if not hashed and zlib.crc32(data) != info.CRC:
             raise FormatError(f"{self.path}: cannot read {member!r}: Bad CRC-32 (corrupt "
                               f"archive)")
@@ -343,10 +346,15 @@ class ArchiveSource:
             self._zip.close()
 
 
-def _map(fd: int, start: int, length: int) -> bytes | memoryview:
-    """A read-only view of bytes ``[start, start + length)`` of file ``fd``, memory-mapped."""
+def _map(fd: int, start: int, length: int) -> bytes | memoryview | None:
+    """A read-only view of bytes ``[start, start + length)`` of file ``fd``, memory-mapped;
+    None where the file cannot be mapped (some network and FUSE file systems)."""
     if length == 0:
         return b""
     aligned = start - start % mmap.ALLOCATIONGRANULARITY
-    mapped = mmap.mmap(fd, start + length - aligned, access=mmap.ACCESS_READ, offset=aligned)
+    try:
+        mapped = mmap.mmap(fd, start + length - aligned, access=mmap.ACCESS_READ,
+                           offset=aligned)
+    except (OSError, ValueError):
+        return None
     return memoryview(mapped)[start - aligned:]

@@ -338,7 +338,7 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     codecs = tuple(c.strip().lower() for c in args.codecs.split(",") if c.strip())
     config = BenchConfig(model=args.model, quick=args.quick, embeddings=not args.no_embeddings,
                          codecs=codecs, workdir=args.workdir, keep_files=bool(args.workdir),
-                         nncodec_python=args.nncodec_python)
+                         nncodec_python=args.nncodec_python, decode_runs=args.decode_runs)
     show = _show(args)
     result = run_bench(config, log=(lambda line: console.print(line, highlight=False))
                        if show else (lambda line: None))

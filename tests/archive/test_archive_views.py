@@ -134,3 +134,20 @@ def test_corrupt_payload_in_a_real_archive_is_a_checksum_error(tmp_path: Path) -
     archive.write_bytes(bytes(data))
     with rftpack.open(archive) as reader, pytest.raises(ChecksumError):
         reader.get_tensor("w")
+
+
+def test_file_systems_without_memory_maps_are_read(tmp_path: Path, monkeypatch) -> None:
+    import mmap
+
+    def refuse(*args, **kwargs):
+        raise OSError(19, "No such device")  # ENODEV: what mmap says on such a file system
+
+    path = make_zip(tmp_path / "a.zip")
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    source = ArchiveSource(path)
+    assert source.view("tensors/w.bin") == PAYLOAD
+    root = tmp_path / "d"
+    (root / "tensors").mkdir(parents=True)
+    (root / MANIFEST).write_text("{}")
+    (root / "tensors" / "w.bin").write_bytes(PAYLOAD)
+    assert ArchiveSource(root).view("tensors/w.bin") == PAYLOAD
