@@ -257,20 +257,24 @@ class Archive:
 
     def plan_decoding(self, names: Iterable[str] | None = None) -> AbstractContextManager[None]:
         """A block that decodes ``names`` (default: every tensor): choices that pay only on big
-        jobs (the ``rans`` coder's compiled decoder, :mod:`rftpack.stages.workload`) are then
-        made once for all of them, from their lossy weights' count.
+        jobs (the ``rans`` coder's compiled decoder, and with it ``dq``'s compiled replay:
+        :mod:`rftpack.stages.workload`) are then made once for all of them, from their lossy
+        weights and coded bits.
 
         Example:
             >>> with archive.plan_decoding():   # doctest: +SKIP
             ...     arrays = {name: archive[name] for name in archive}
         """
-        lossy = 0
+        lossy = bits = 0
         for name in self.keys() if names is None else names:
             entry = self.entry(name)
-            shape = entry.get("shape")
+            shape, stored = entry.get("shape"), entry.get("stored_bytes")
             if entry.get("mode") != "exact" and isinstance(shape, list):
                 lossy += math.prod(int(d) for d in shape)
-        return planned(lossy)
+                bits += 8 * stored if isinstance(stored, int) else 0
+        codec = self.manifest.get("codec")
+        replayed = isinstance(codec, dict) and codec.get("quantizer") == "dq"
+        return planned(lossy, coded_bits=bits, replays=lossy if replayed else 0)
 
     def predictor(self) -> Any:
         """The archive's residual predictor (checksum verified), or None.

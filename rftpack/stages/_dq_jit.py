@@ -1,5 +1,6 @@
 """The ``dq`` encoder's Viterbi search compiled with numba (optional: ``pip install
-rftpack[fast]``; decoders never need it: their replay is table lookups in numpy).
+rftpack[fast]``), and the decoder's replay (decoders never need numba: where it is not loaded
+anyway, for the ``rans`` coder's compiled decoder, the replay is table lookups in numpy).
 
 Same search, same arithmetic and the same tie-breaking as the numpy version in
 :mod:`rftpack.stages.dq`, so both give identical indices (the tests check it); this one walks
@@ -123,4 +124,21 @@ def viterbi_chains(xs: np.ndarray, lam: float, rates: np.ndarray, edges: np.ndar
                 else:
                     out[first + w, t] = int(indices[t, ja[s], w])
                     state[w] = sa[s]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def replay_chains(symbols: np.ndarray, chain: int, trans: np.ndarray, quantizer: np.ndarray,
+                  parity: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The decoder's replay (:func:`rftpack.stages.dq.decode_symbols`) one symbol at a time:
+    each chain of ``chain`` symbols starts in state 0; a symbol's value is
+    ``values[2 * symbol + quantizer[state]]`` and its parity moves the state on."""
+    n = symbols.shape[0]
+    out = np.empty(n, np.float64)
+    for start in range(0, n, chain):
+        state = 0
+        for i in range(start, min(n, start + chain)):
+            s = symbols[i]
+            out[i] = values[2 * s + quantizer[state]]
+            state = trans[state, parity[s]]
     return out

@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import math
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -29,7 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from rftpack import parallel
-from rftpack.errors import StageError
+from rftpack.errors import FormatError, StageError
 from rftpack.stages.base import Codes
 from rftpack.stages.scalar import MAX_CODE, RowSteps, SteppedQuantizer, unzigzag, zigzag
 
@@ -282,6 +283,13 @@ def _group_tables(states: int) -> tuple[np.ndarray, np.ndarray]:
     return state.astype(np.intp), bits
 
 
+@functools.cache
+def _replay_tables(states: int) -> tuple[np.ndarray, np.ndarray]:
+    """(transitions, quantizer of each state) as the compiled replay takes them."""
+    trans, quantizer = TRELLISES[states]
+    return trans.astype(np.intp), quantizer.astype(np.intp)
+
+
 def replay(k: np.ndarray, chain: int, states: int = 4) -> np.ndarray:
     """Reconstruction levels (in units of Δ) of indices ``k``, replaying the state machine
     (:func:`decode_symbols` on their zig-zag symbols).
@@ -314,6 +322,13 @@ def decode_symbols(symbols: np.ndarray, alphabet: int, chain: int, states: int,
     parity = (k & 1).astype(np.uint8)
     # value of (symbol s, quantizer q) at index 2s + q: Q0 2k·Δ, Q1 (2k − sgn k)·Δ
     values = (np.stack([2 * k, 2 * k - np.sign(k)], axis=1) * step).reshape(-1)
+    compiled = _compiled("replay_chains") if "numba" in sys.modules else None
+    if compiled is not None:  # numba is loaded anyway (rans decoding): ~4× faster, same values
+        if int(symbols.min()) < 0 or int(symbols.max()) >= alphabet:  # no bounds checks there
+            raise FormatError(f"dq: a symbol lies outside the alphabet of {alphabet}")
+        trans, quantizer = _replay_tables(states)
+        return compiled(np.ascontiguousarray(symbols, np.int64), int(chain), trans, quantizer,
+                        parity, values)
     group = REPLAY_GROUP
     width = -(-chain // group) * group
     count = -(-n // chain)

@@ -37,7 +37,7 @@ import numpy as np
 from rftpack.errors import FormatError, StageError
 from rftpack.stages._varint import read_varint, write_varint
 from rftpack.stages.base import Coder, symbol_dtype
-from rftpack.stages.workload import planned_symbols
+from rftpack.stages.workload import current_plan
 
 #: version 1 tables: frequencies sum to 2**16
 PROBABILITY_BITS = 16
@@ -236,6 +236,9 @@ def read_table(view: memoryview, alphabet: int) -> tuple[np.ndarray, np.ndarray,
 #: numba is already loaded: numba's start-up (import and first call, ~0.7 s here) costs what
 #: constriction spends on about this many symbols more than the compiled decoder (~21 ns each)
 COMPILED_AFTER_SYMBOLS = 32_000_000
+#: numba's start-up (import ~0.3 s, first call of a cached function ~0.45 s): a planned job
+#: takes the compiled decoders when they save more (:meth:`workload.Plan.compiled_saving`)
+COMPILED_STARTUP_SECONDS = 0.75
 _decoded_by_constriction = 0
 
 
@@ -243,18 +246,20 @@ def _decoder_for(count: int) -> Callable[..., np.ndarray] | None:
     """The compiled decoder where it pays, else None (constriction).
 
     It pays once numba is loaded. Inside a planned job (:mod:`rftpack.stages.workload`: a
-    whole-archive decode) it is chosen for the whole job, when the plan holds at least
-    COMPILED_AFTER_SYMBOLS symbols: switching midway would pay both constriction's slower
-    symbols and numba's start-up (MiniLM's ``hybrid`` archive, 34 M symbols, did: 0.6 s
-    more than constriction alone). Outside a plan (lazy loading), once constriction has
-    decoded that many symbols in the process.
+    whole-archive decode) it is chosen for the whole job, when it would save more than
+    numba's start-up (COMPILED_STARTUP_SECONDS): switching midway would pay both
+    constriction's slower symbols and numba's start-up (MiniLM's ``hybrid`` archive did:
+    0.6 s more than constriction alone). Once numba is loaded, ``dq`` replays its indices in
+    compiled code too. Outside a plan (lazy loading), once constriction has decoded
+    COMPILED_AFTER_SYMBOLS symbols in the process.
     """
     global _decoded_by_constriction
     if "numba" in sys.modules:
         return _compiled_decoder()
-    plan = planned_symbols()
+    plan = current_plan()
     if plan is not None:
-        return _compiled_decoder() if plan >= COMPILED_AFTER_SYMBOLS else None
+        pays = plan.compiled_saving() >= COMPILED_STARTUP_SECONDS
+        return _compiled_decoder() if pays else None
     if _decoded_by_constriction < COMPILED_AFTER_SYMBOLS:
         _decoded_by_constriction += count
         return None

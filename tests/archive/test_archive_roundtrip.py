@@ -180,6 +180,27 @@ def test_a_whole_archive_decode_plans_its_lossy_weights(archives, model, tmp_pat
     assert {plan for _, plan in seen} == {lossy}
 
 
+
+def test_a_dq_archive_plans_its_replays_too(tmp_path) -> None:
+    """The plan holds the lossy weights' coded bits, and for dq, the indices replayed after
+    rANS decoding: the compiled decoders save more on both."""
+    from safetensors.numpy import save_file
+
+    from rftpack.stages import workload
+
+    rng = np.random.default_rng(3)
+    model = {"w": rng.normal(size=(96, 64)).astype(np.float32), "b": np.ones(64, np.float32)}
+    save_file(model, str(tmp_path / "m.safetensors"))
+    for profile in ("dq", "scalar"):
+        out = tmp_path / f"{profile}.rftp"
+        rftpack.compress(tmp_path / "m.safetensors", out, profile=profile, target_bpw=4.0)
+        with rftpack.open(out) as archive, archive.plan_decoding():
+            plan = workload.current_plan()
+            assert plan.weights == model["w"].size
+            assert plan.replays == (model["w"].size if profile == "dq" else 0)
+            assert plan.coded_bits == 8 * archive.info("w").stored_bytes
+            assert 0 < plan.coded_bits <= 4.5 * model["w"].size
+
 def test_manifest_contents(archives, model) -> None:
     with rftpack.open(archives[("zip", "binary")]) as archive:
         meta = archive.metadata()

@@ -284,17 +284,50 @@ def test_records_without_states_or_chain_mean_what_version_2_wrote() -> None:
     assert (profile.states, profile.chain) == (256, 4096)
 
 
+@contextlib.contextmanager
+def replay_path(path: str):
+    """Decode with numpy's grouped replay, or with the compiled one (numba loaded)."""
+    real = dq._compiled
+    if path == "compiled":
+        pytest.importorskip("numba")
+        if real("replay_chains") is None:
+            pytest.skip("RFTPACK_NO_JIT is set, or numba cannot compile here")
+        yield
+        return
+    dq._compiled = lambda name: None if name == "replay_chains" else real(name)
+    try:
+        yield
+    finally:
+        dq._compiled = real
+
+
+@pytest.mark.parametrize("path", ["numpy", "compiled"])
 @pytest.mark.parametrize("states", sorted(TRELLISES))
 @pytest.mark.parametrize("chain", [1, 7, 8, 9, 1024])
-def test_decoding_symbols_replays_the_state_machine(states: int, chain: int) -> None:
+def test_decoding_symbols_replays_the_state_machine(states: int, chain: int, path: str) -> None:
     rng = np.random.default_rng(states * 31 + chain)
     for n in (0, 1, chain - 1, chain, 3 * chain + 5, 5000):
         k = rng.integers(-300, 300, max(n, 0))
         symbols = zigzag(k)
         alphabet = int(symbols.max()) + 1 if symbols.size else 1
         expected = stepwise_replay(k, chain, states) * 0.37
-        assert np.array_equal(decode_symbols(symbols, alphabet, chain, states, 0.37), expected)
-        assert np.array_equal(replay(k, chain, states) * 0.37, expected)
+        with replay_path(path):
+            assert np.array_equal(decode_symbols(symbols, alphabet, chain, states, 0.37),
+                                  expected)
+            assert np.array_equal(replay(k, chain, states) * 0.37, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.int64])
+def test_compiled_replay_takes_any_symbol_dtype_and_refuses_symbols_outside(dtype) -> None:
+    rng = np.random.default_rng(4)
+    symbols = zigzag(rng.integers(-2000, 2000, 9000)).astype(dtype)
+    alphabet = int(symbols.max()) + 1
+    with replay_path("numpy"):
+        expected = decode_symbols(symbols, alphabet, 4096, 256, 0.01)
+    with replay_path("compiled"):
+        assert np.array_equal(decode_symbols(symbols, alphabet, 4096, 256, 0.01), expected)
+        with pytest.raises(FormatError, match="outside the alphabet"):
+            decode_symbols(symbols, alphabet - 1, 4096, 256, 0.01)
 
 
 def test_the_refitted_rate_table_prices_the_searchs_own_indices() -> None:

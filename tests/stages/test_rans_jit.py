@@ -395,24 +395,28 @@ def test_the_rans_coder_switches_to_the_compiled_decoder_once_it_pays(monkeypatc
 
 def test_a_planned_job_chooses_its_decoder_once(monkeypatch) -> None:
     """Inside a plan (a whole-archive decode) the decoder is chosen for the whole job: the
-    compiled one from the first symbol when the plan holds COMPILED_AFTER_SYMBOLS symbols,
-    else constriction throughout, even past the running count that switches lazy loads."""
+    compiled one from the first symbol when it saves numba's start-up on the plan, else
+    constriction throughout, even past the running count that switches lazy loads."""
     from rftpack.stages import rans
-    from rftpack.stages.workload import planned
+    from rftpack.stages.workload import Plan, planned
+
+    pays = 1 + int(rans.COMPILED_STARTUP_SECONDS / Plan(1).compiled_saving())
+    assert Plan(pays).compiled_saving() >= rans.COMPILED_STARTUP_SECONDS
+    assert Plan(pays - 2).compiled_saving() < rans.COMPILED_STARTUP_SECONDS
 
     rng = np.random.default_rng(10)
     symbols = draw_symbols(rng, 200, 5_000, "skewed")
     data = V2.encode(symbols, 200)
     calls = compiled_calls(monkeypatch)
     monkeypatch.setattr(rans, "_decoded_by_constriction", rans.COMPILED_AFTER_SYMBOLS)
-    with planned(rans.COMPILED_AFTER_SYMBOLS - 1):
+    with planned(pays - 2):
         assert np.array_equal(V2.decode(data, 5_000, 200), symbols)   # constriction
     assert calls == []
     assert rans._decoded_by_constriction == rans.COMPILED_AFTER_SYMBOLS  # a plan counts none
     assert np.array_equal(V2.decode(data, 5_000, 200), symbols)       # unplanned: paid for
     assert calls == [5_000]
     monkeypatch.setattr(rans, "_decoded_by_constriction", 0)
-    with planned(rans.COMPILED_AFTER_SYMBOLS):
+    with planned(pays):
         assert np.array_equal(V2.decode(data, 5_000, 200), symbols)   # compiled at once
     assert calls == [5_000, 5_000]
     assert np.array_equal(V2.decode(data, 5_000, 200), symbols)       # plan over: constriction
