@@ -309,7 +309,8 @@ def decode_symbols(symbols: np.ndarray, alphabet: int, chain: int, states: int,
     machine REPLAY_GROUP indices at a time (two table lookups per group, vectorised over
     chains), with small tables in place of passes over the indices: each symbol's parity by
     lookup, eight parities to a byte (the group patterns), and each value by one lookup of
-    (symbol, quantizer) in a table of reconstruction values × ``step``.
+    (symbol, quantizer) in a table of reconstruction values × ``step``. Where numba is loaded
+    anyway, :func:`rftpack.stages._dq_jit.replay_chains` does the same in compiled code.
 
     >>> s = zigzag(np.array([1, 2, -1, 0, 3]))
     >>> decode_symbols(s, 7, chain=5, states=4, step=0.5).tolist()
