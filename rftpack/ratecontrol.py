@@ -21,6 +21,7 @@ import numpy as np
 from rftpack.errors import StageError
 from rftpack.stages import rowclasses
 from rftpack.stages.base import Quantizer
+from rftpack.stages.dq import DependentQuantizer
 from rftpack.stages.rans import table_bytes
 from rftpack.stages.scalar import MAX_CODE, ScalarQuantizer, SteppedQuantizer, zigzag
 
@@ -290,10 +291,11 @@ def estimate(stats: TensorStats, quantizer: Quantizer, block_size: int
         quantizer = dataclasses.replace(quantizer, chain=SAMPLE_CHAIN)  # type: ignore[type-var]
     bits = error = 0.0
     for chosen, size, tail in _block_groups(stats, sample.shape[0], block_size):
-        streams, side = _at_true_peak(quantizer, sample[chosen], stats.extremes[tail]
-                                      ).quantize(sample[chosen], [])
-        symbols = streams["codes"].symbols
         weights = share[chosen]
+        streams, side = _quantize_sample(_at_true_peak(quantizer, sample[chosen],
+                                                       stats.extremes[tail]),
+                                         sample[chosen], weights)
+        symbols = streams["codes"].symbols
         p = np.bincount(symbols, weights=weights)
         seen = np.flatnonzero(p)
         p = p[seen] / p.sum()
@@ -330,6 +332,16 @@ def estimate(stats: TensorStats, quantizer: Quantizer, block_size: int
             residual = residual * stats.scale[chosen]
         error += float(np.dot(weights, residual ** 2)) / float(weights.sum()) * size
     return bits, error
+
+
+def _quantize_sample(quantizer: Quantizer, sample: np.ndarray, shares: np.ndarray
+                     ) -> tuple[dict, dict]:
+    """The quantizer's codes for a sample whose values stand for ``shares`` weights each: a
+    quantizer that fits itself to the values (``dq``'s rate table) fits to the block they
+    stand for, not to the sample's own mix (a stratified sample over-represents rows)."""
+    if isinstance(quantizer, DependentQuantizer):
+        return quantizer.quantize(sample, [], shares=shares)
+    return quantizer.quantize(sample, [])
 
 
 def _at_true_peak(quantizer: Quantizer, sample: np.ndarray, extremes: np.ndarray

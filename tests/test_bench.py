@@ -84,8 +84,11 @@ def test_decode_speed_is_the_fastest_of_several_fresh_decodes(tiny_model: Path,
         assert row.to_json()["decode_runs_seconds"] == row.decode_runs_seconds
     assert any("fastest of 2 decodes" in line for line in footnotes(result))
     quick = run_bench(BenchConfig(model=str(tiny_model), quick=True, codecs=("zstd",),
-                                  workdir=str(tmp_path / "q"), decode_runs=5))
+                                  workdir=str(tmp_path / "q")))
     assert all(len(row.decode_runs_seconds) == 1 for row in quick.rows)  # --quick: one
+    asked = run_bench(BenchConfig(model=str(tiny_model), quick=True, codecs=("zstd",),
+                                  workdir=str(tmp_path / "a"), decode_runs=2))
+    assert all(len(row.decode_runs_seconds) == 2 for row in asked.rows)  # unless asked
     with pytest.raises(InputError, match="decode runs"):
         run_bench(BenchConfig(model=str(tiny_model), codecs=("zstd",), decode_runs=0))
 

@@ -422,12 +422,12 @@ def test_extremes_bring_the_tails_the_sample_misses_into_the_estimate(step: floa
     assert abs(with_tails) < 0.7 * abs(without), (with_tails, without)
 
 
-def row_steps_error(quantizer, block_size: int) -> float:
+def row_steps_error(quantizer, block_size: int, seed: int = 5) -> float:
     """Relative error of the estimate of a tensor whose rows have their own steps (130 of
     2048 rows 2 or 3 octaves finer), sampled by row_sample as api._plan_rate does, against
     the codes compress writes: the step scaled by the base multiplier, one level per row."""
     rows, length = 2048, 256
-    rng = np.random.default_rng(5)
+    rng = np.random.default_rng(seed)
     x = rng.normal(size=(rows, length)) * 0.02
     weights = np.ones(rows)
     weights[rng.choice(rows, 100, replace=False)] = 16.0
@@ -626,14 +626,17 @@ def test_sparse_outliers_are_estimated_within_accuracy(step: float) -> None:
     assert abs(error) <= ACCURACY, error
 
 
-# -- known gap (strict xfail: it fails today; an XPASS means the gap was closed) -----------
-
-
-@pytest.mark.xfail(strict=True, reason="dq's trellis rate table is fitted to the whole "
-                   "stratified sample, where the finer rows weigh as much as the bulk")
-def test_dq_row_steps_are_estimated_from_the_stratified_sample() -> None:
-    error = row_steps_error(DependentQuantizer(step=0.02), BLOCK)
-    assert abs(error) <= ACCURACY, error
+@pytest.mark.parametrize("step", [0.01, 0.02, 0.03])
+def test_dq_row_steps_are_estimated_from_the_stratified_sample(step: float) -> None:
+    """Regression: dq's search fitted its rate table to the stratified sample as it stands,
+    where the finer rows weigh as much as the bulk, and the estimate came out 4 / 53 / 39 %
+    over the coded size at steps 0.01 / 0.02 / 0.04. Fitted with each sampled value's share
+    it is unbiased; a trellis search over a sample is noisier than rounding (±2 % per tensor
+    here, against scalar's ±1 %), so this looks at six tensors."""
+    errors = np.array([row_steps_error(DependentQuantizer(step=step), BLOCK, seed)
+                       for seed in range(6)])
+    assert np.max(np.abs(errors)) <= 2 * ACCURACY, errors
+    assert abs(float(np.mean(errors))) <= ACCURACY, errors
 
 
 @pytest.mark.parametrize("quantizer", [ScalarQuantizer(), DependentQuantizer()],

@@ -59,7 +59,8 @@ class BenchConfig:
     workdir: str | None = None         # default: a temporary directory, removed afterwards
     keep_files: bool = False           # keep archives and restored checkpoints
     nncodec_python: str | None = None  # interpreter with nncodec (default: env or this one)
-    decode_runs: int = DECODE_RUNS     # decodes per setting, each in a fresh process; best kept
+    decode_runs: int | None = None     # decodes per setting, each in a fresh process, the best
+    #                                    kept (None: DECODE_RUNS, or 1 when quick)
 
 
 @dataclass
@@ -130,7 +131,10 @@ def _no_log(message: str) -> None:
 
 def run_bench(config: BenchConfig, log: Callable[[str], None] = _no_log) -> BenchResult:
     """Run every selected setting on the model and return the rows (see :class:`Row`)."""
-    if not (isinstance(config.decode_runs, int) and config.decode_runs >= 1):
+    decode_runs = (1 if config.quick else DECODE_RUNS) if config.decode_runs is None \
+        else config.decode_runs
+    if not (isinstance(decode_runs, int) and not isinstance(decode_runs, bool)
+            and decode_runs >= 1):
         raise InputError(f"decode runs must be a whole number ≥ 1, got {config.decode_runs!r}")
     started = time.perf_counter()
     single_thread()
@@ -178,8 +182,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = _no_log) -> Benc
         for index, setting in enumerate(settings, 1):
             log(f"[{index}/{len(settings)}] {setting.name}")
             row = _run_setting(setting, stats, model_path, workdir, probe, npz_input,
-                               nncodec_python, config.keep_files,
-                               1 if config.quick else config.decode_runs)
+                               nncodec_python, config.keep_files, decode_runs)
             rows.append(row)
             log("    " + _summary(row))
     finally:

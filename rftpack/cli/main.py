@@ -231,9 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: a temporary directory, removed afterwards)")
     b.add_argument("--nncodec-python", help="interpreter that has nncodec (it pins numpy<2); "
                    "default: $RFTPACK_BENCH_NNCODEC_PYTHON, else this one")
-    b.add_argument("--decode-runs", type=int, default=3, metavar="N",
+    b.add_argument("--decode-runs", type=int, default=None, metavar="N",
                    help="decode each archive N times, each in a fresh process, and report the "
-                        "fastest (default: 3; 1 with --quick): single timings on a shared "
+                        "fastest (default: 3, or 1 with --quick): single timings on a shared "
                         "machine move by a third")
     _common(b)
     b.set_defaults(func=commands.cmd_bench)

@@ -113,14 +113,18 @@ def _chains(x: np.ndarray, chain: int) -> np.ndarray:
     return np.ascontiguousarray(_padded(x, chain, np.float64).T)
 
 
-def _rate_table(scaled: np.ndarray) -> np.ndarray:
+def _rate_table(scaled: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """Bits of |k| (plus a sign bit), from rounding at the single-quantizer step 2Δ."""
-    return _bits_of(np.rint(scaled / 2.0))
+    return _bits_of(np.rint(scaled / 2.0), weights)
 
 
-def _bits_of(k: np.ndarray) -> np.ndarray:
-    """Bits of each |k| (plus a sign bit) by the histogram of indices ``k``."""
-    counts = np.bincount(np.abs(k).astype(np.int64), minlength=2).astype(np.float64) + 0.5
+def _bits_of(k: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Bits of each |k| (plus a sign bit) by the histogram of indices ``k``, each counted
+    ``weights`` times when given (the share of a block that a sampled value stands for)."""
+    counts = np.bincount(np.abs(k).astype(np.int64), minlength=2).astype(np.float64) \
+        if weights is None else np.bincount(np.abs(k).astype(np.int64), weights=weights,
+                                            minlength=2) / float(np.mean(weights))
+    counts += 0.5
     bits = -np.log2(counts / counts.sum()) + (np.arange(counts.shape[0]) > 0)
     return np.append(bits, bits[-1] + 2.0)  # anything larger: expensive
 
@@ -137,7 +141,8 @@ REFIT_SAMPLE = 1 << 14
 REFIT_CHAIN = 1024
 
 
-def refitted_rates(scaled: np.ndarray, lam: float, chain: int, states: int) -> np.ndarray:
+def refitted_rates(scaled: np.ndarray, lam: float, chain: int, states: int,
+                   weights: np.ndarray | None = None) -> np.ndarray:
     """The rate table for the search over ``scaled``: rounding's, refitted to the indices a
     search with it chooses on REFIT_SAMPLE values (strided, so that the sample spans the
     block's regions, e.g. the rows of a table of unequal scales; the whole of smaller blocks).
@@ -148,9 +153,10 @@ def refitted_rates(scaled: np.ndarray, lam: float, chain: int, states: int) -> n
     >>> refitted_rates(x, 0.25, 256, 8)[:3].round(2).tolist()   # the trellis uses 0 less
     [2.21, 2.46, 3.3]
     """
-    rates = _rate_table(scaled)
-    sample = scaled[::max(1, scaled.shape[0] // REFIT_SAMPLE)]
-    return _bits_of(viterbi(sample, lam, rates, min(chain, REFIT_CHAIN), states))
+    rates = _rate_table(scaled, weights)
+    stride = max(1, scaled.shape[0] // REFIT_SAMPLE)
+    return _bits_of(viterbi(scaled[::stride], lam, rates, min(chain, REFIT_CHAIN), states),
+                    None if weights is None else weights[::stride])
 
 
 def _index(k: np.ndarray, top: int) -> np.ndarray:
@@ -413,14 +419,19 @@ class DependentQuantizer(SteppedQuantizer):
         return self if version >= 2 else dataclasses.replace(self, states=4)
 
     def quantize(self, coefficients: np.ndarray, bands: list[tuple[int, int]],
-                 rows: RowSteps | None = None) -> tuple[dict[str, Codes], dict[str, Any]]:
+                 rows: RowSteps | None = None, shares: np.ndarray | None = None
+                 ) -> tuple[dict[str, Codes], dict[str, Any]]:
+        """Codes of a block. ``shares``: how many weights each value stands for, when the
+        values are a sample (rate control's estimate) whose mix differs from the block's."""
         x, row_stream, row_side = self.scaled_input(
             np.real(coefficients).astype(np.float64, copy=False), rows)
         peak = float(np.max(np.abs(x))) if x.size else 0.0
         step = max(self.block_step(x), self.min_step(peak), np.finfo(np.float64).tiny)
         scaled = x / step
-        k = viterbi(scaled, self.lam, refitted_rates(scaled, self.lam, self.chain, self.states),
-                    self.chain, self.states) if x.size else np.zeros(0, np.int64)
+        k = np.zeros(0, np.int64)
+        if x.size:
+            rates = refitted_rates(scaled, self.lam, self.chain, self.states, shares)
+            k = viterbi(scaled, self.lam, rates, self.chain, self.states)
         symbols = zigzag(k)
         alphabet = int(symbols.max()) + 1 if symbols.size else 1
         code_streams, class_side = self.coded_streams(x, symbols, alphabet)

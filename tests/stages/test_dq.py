@@ -346,3 +346,20 @@ def test_the_refitted_rate_table_prices_the_searchs_own_indices() -> None:
 
     assert abs(priced(refitted) - true_bits) < 0.02
     assert abs(priced(rounding) - true_bits) > 5 * abs(priced(refitted) - true_bits)
+
+
+def test_a_refit_with_shares_prices_the_block_the_sample_stands_for() -> None:
+    """A stratified sample over-represents some values; counted with each value's share, the
+    rate table is the one the whole block would give (equal shares: rounding's own table)."""
+    rng = np.random.default_rng(6)
+    bulk, fine = rng.laplace(size=60_000) * 0.5, rng.laplace(size=4_000) * 8
+    block = np.concatenate([bulk, fine])
+    sample = np.concatenate([bulk[::20], fine[::2]])     # 3,000 + 2,000 values
+    shares = np.concatenate([np.full(3_000, 20.0), np.full(2_000, 2.0)])
+    whole = dq._rate_table(block)
+    weighted, plain = dq._rate_table(sample, shares), dq._rate_table(sample)
+    assert abs(weighted[0] - whole[0]) < 0.05            # bits of a zero
+    assert plain[0] - whole[0] > 0.5                     # the sample as it stands: 0.54 bit off
+    assert np.array_equal(dq._rate_table(sample, np.full(5_000, 7.0)), plain)
+    assert np.array_equal(dq.refitted_rates(sample, 0.25, 256, 8, np.ones(5_000)),
+                          dq.refitted_rates(sample, 0.25, 256, 8))
