@@ -52,6 +52,7 @@ from rftpack.ratecontrol import (
     entropy_bits,
     estimate,
     extremes_of,
+    float_summary,
     plan,
     row_sample,
     sample_of,
@@ -360,20 +361,21 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
     for info in infos:
         array = model.read(info.name)
         floating = array.dtype.kind == "f" or array.dtype.name == "bfloat16"
-        with np.errstate(invalid="ignore"):  # signalling NaNs: only finite values count
-            values = array.astype(np.float64).reshape(-1) if floating else None
-        finite = values[np.isfinite(values)] if values is not None else None
-        signal = float(np.dot(finite, finite)) if finite is not None else 0.0
+        signal, peak, all_finite = float_summary(array) if floating else (0.0, 0.0, True)
         if is_lossy_candidate(array, min_numel=options.min_lossy_numel,
                               lossy_1d=options.lossy_1d):
             weight = options.weight_of(info.name)
-            peak = float(np.max(np.abs(finite))) if finite.size else 0.0
+            # The weights themselves where all are finite (no float64 copy of the tensor);
+            # else a float64 copy: the finite ones for the sample, zeros in place for rows.
+            values = array.reshape(-1) if all_finite else array.astype(np.float64).reshape(-1)
+            finite = values if all_finite else values[np.isfinite(values)]
             precision = float(ml_dtypes.finfo(array.dtype).eps) / 2
             rows = _row_steps(info.name, array, options)
             length = class_row_length(array, lossy, options)
             dct = None if rows is not None else row_dct(info.name, array, lossy, options)
             if dct is not None:  # sampled as the encoder's quantizer will see it
-                values = finite = _row_dct_coefficients(values, dct, lossy.block_size)
+                values = finite = _row_dct_coefficients(values.astype(np.float64), dct,
+                                                        lossy.block_size)
                 peak = float(np.max(np.abs(finite)))
             if rows is None:
                 extremes, where = extremes_of(finite)
@@ -384,7 +386,8 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
             else:  # sample by position, so each sampled weight keeps its row's step
                 steps, base = rows
                 zeroed = values  # not needed whole any more: zero the non-finite in place
-                zeroed[~np.isfinite(zeroed)] = 0.0
+                if not all_finite:
+                    zeroed[~np.isfinite(zeroed)] = 0.0
                 sample, scale, represents, positions = row_sample(
                     zeroed, base * steps.per_row(), steps.length)
                 extremes, where = extremes_of(zeroed, base * steps.per_row(), steps.length)
@@ -394,7 +397,8 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
                                          extreme_positions=where, precision=precision))
                 multipliers = steps.per_row()
             if length:
-                values[~np.isfinite(values)] = 0.0
+                if not all_finite:
+                    values[~np.isfinite(values)] = 0.0
                 levels = row_levels(values, length)
                 if multipliers is not None:  # the quantizer sees rows divided by their step
                     levels = levels - np.log2(multipliers)
@@ -422,7 +426,8 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
                 size = len(encode_exact(info.name, array, exact).payload)
                 stats.append(TensorStats(info.name, info.numel, False, signal, 0.0,
                                          exact_bytes=size))
-        del array, values, finite
+        del array
+        values = finite = None
         model.release(info.name)
     if options.importance:
         lossy_names = [s.name for s in stats if s.lossy]

@@ -41,12 +41,20 @@ ESTIMATE_ALPHABET = 4096
 SEGMENT_BYTES = 26
 
 
+#: values squared at a time by :func:`row_levels`
+ROW_LEVEL_CHUNK = 1 << 22
+
+
 def row_levels(x: np.ndarray, length: int) -> np.ndarray:
     """log2 of the RMS of each row of ``length`` consecutive values (the last row may be
     shorter; an all-zero row is −1100, below any float's)."""
     starts = np.arange(0, x.shape[0], length)
-    energy = np.add.reduceat(np.square(x, dtype=np.float64), starts) if x.size else \
-        np.zeros(0)
+    # whole rows at a time: the float64 squares of a chunk, not of the whole tensor
+    rows = max(1, ROW_LEVEL_CHUNK // length)
+    energy = np.concatenate([
+        np.add.reduceat(np.square(np.asarray(x[i:i + rows * length], np.float64)),
+                        np.arange(0, min(rows * length, x.shape[0] - i), length))
+        for i in range(0, x.shape[0], rows * length)]) if x.size else np.zeros(0)
     sizes = np.minimum(length, x.shape[0] - starts)
     with np.errstate(divide="ignore"):
         return np.maximum(0.5 * np.log2(energy / sizes), -1100.0)
