@@ -367,7 +367,9 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
             weight = options.weight_of(info.name)
             # The weights themselves where all are finite (no float64 copy of the tensor);
             # else a float64 copy: the finite ones for the sample, zeros in place for rows.
-            values = array.reshape(-1) if all_finite else array.astype(np.float64).reshape(-1)
+            with np.errstate(invalid="ignore"):  # signalling NaNs
+                values = array.reshape(-1) if all_finite else \
+                    array.astype(np.float64).reshape(-1)
             finite = values if all_finite else values[np.isfinite(values)]
             precision = float(ml_dtypes.finfo(array.dtype).eps) / 2
             rows = _row_steps(info.name, array, options)

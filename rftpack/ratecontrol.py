@@ -240,8 +240,8 @@ def float_summary(x: np.ndarray) -> tuple[float, float, bool]:
     flat = np.asarray(x).reshape(-1)
     signal, peak, finite = 0.0, 0.0, True
     for start in range(0, flat.shape[0], SUMMARY_CHUNK):
-        chunk = flat[start:start + SUMMARY_CHUNK].astype(np.float64)
         with np.errstate(invalid="ignore"):  # signalling NaNs
+            chunk = flat[start:start + SUMMARY_CHUNK].astype(np.float64)
             mask = np.isfinite(chunk)
         if not mask.all():
             finite = False
