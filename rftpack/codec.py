@@ -95,24 +95,26 @@ class EncodedTensor:
     """A container (JSON-ready dict) and the payload its segments point into."""
 
     container: dict[str, Any]
-    payload: bytes
+    payload: bytes | bytearray
     snr_db: float | None = None
     stats: dict[str, Any] = field(default_factory=dict)
 
 
 class _PayloadBuilder:
+    """A tensor's payload, segment by segment, in one growing buffer: joining the segments
+    at the end would hold the payload twice (a lossless 268 MB tensor: 220 MB more)."""
+
     def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.size = 0
+        self.buffer = bytearray()
 
     def add(self, data: bytes, count: int) -> dict[str, int]:
-        seg = {"offset": self.size, "length": len(data), "count": count}
-        self.parts.append(data)
-        self.size += len(data)
+        seg = {"offset": len(self.buffer), "length": len(data), "count": count}
+        self.buffer += data
         return seg
 
-    def bytes(self) -> bytes:
-        return b"".join(self.parts)
+    def payload(self) -> bytearray:
+        """The payload: the buffer itself, not a copy."""
+        return self.buffer
 
 
 def stage_record(stage: Stage) -> dict[str, Any]:
@@ -171,7 +173,7 @@ def encode_exact(name: str, array: np.ndarray, pipeline: ExactPipeline) -> Encod
             _check_coder_round_trip(pipeline.coder, data, raw, 256, name)
         blocks.append({"count": int(chunk.shape[0]),
                        "streams": {"bytes": builder.add(data, int(raw.shape[0]))}})
-    payload = builder.bytes()
+    payload = builder.payload()
     container = _base_container(name, array)
     container.update({
         "codec": {"mode": "exact",
@@ -314,7 +316,7 @@ def encode_lossy(name: str, array: np.ndarray, pipeline: LossyPipeline,
             "index": builder.add(index.tobytes(), int(index.shape[0])),
             "values": builder.add(values.tobytes(), int(index.shape[0])),
         }
-    payload = builder.bytes()
+    payload = builder.payload()
     container["payload"] = _payload_record(payload, blocks, extra)
     _add_size_stats(container, payload, array)
     container["bitrate_coeff"] = 8.0 * len(payload) / coeff_total if coeff_total else 0.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -62,6 +64,10 @@ def test_cli_quick_run(tiny_model: Path, tmp_path: Path,
             assert row["exact"] is False
         assert row["embedding_cosine"] is None  # --quick: no embeddings
     assert document["embeddings_skipped"] == "--quick"
+    if importlib.util.find_spec("numba") is not None:  # compiled before anything is timed
+        assert isinstance(document["jit_warmup"], float) and document["jit_warmup"] > 0
+    else:
+        assert "numba is not installed" in document["jit_warmup"]
     lossless = {r["family"]: r for r in rows if r["lossless"]}
     assert lossless["zstd"]["bits_per_weight"] < 40  # zstd on floats: not bigger than ~raw
     pytest.importorskip("matplotlib")
@@ -103,6 +109,11 @@ def test_human_table_and_footnotes(tiny_model: Path, tmp_path: Path) -> None:
     notes = footnotes(result)
     assert notes[0].startswith("model: ") and "embedding cosine: not measured (--quick)" in notes
     assert (tmp_path / "w").is_dir()  # a given workdir is kept
+    assert result.jit_warmup is None  # no rftpack rows: nothing compiled
+    assert not any(note.startswith("compiled code") for note in notes)
+    warmed = dataclasses.replace(result, jit_warmup=3.25)
+    assert any("compiled into their on-disk cache before the timed runs (3.2 s" in note
+               for note in footnotes(warmed))
 
 
 def test_settings_cover_every_profile_and_filter() -> None:

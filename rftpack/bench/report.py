@@ -79,6 +79,12 @@ def footnotes(result: BenchResult) -> list[str]:
                      f"sub-bands): median {gains[len(gains) // 2]:.3f} dB, min {gains[0]:.3f}, "
                      f"max {gains[-1]:.3f} ({', '.join(f'{n} {g:.2f}' for n, g in worst)}); "
                      f"0 dB = no energy compaction (per tensor in --json)")
+    if isinstance(result.jit_warmup, float):
+        lines.append(f"compiled code: numba's functions were compiled into their on-disk cache "
+                     f"before the timed runs ({result.jit_warmup:.1f} s, once per install, in "
+                     f"no row)")
+    elif isinstance(result.jit_warmup, str):
+        lines.append(f"compiled code: not warmed up ({result.jit_warmup})")
     calibration = result.calibration
     if calibration.get("weights"):
         lines.append(f"(calibrated) rows: as `compress --calibrate` — rate control weighted "
