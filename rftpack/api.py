@@ -56,7 +56,6 @@ from rftpack.ratecontrol import (
     plan,
     row_sample,
     sample_of,
-    sample_positions,
 )
 from rftpack.residual import ResidualSampler, TrainedResidual
 from rftpack.rounding import MIN_BITS, Candidate, mantissa_bits, plan_rounding, squared_errors
@@ -384,7 +383,7 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
                 stats.append(TensorStats(info.name, info.numel, True, signal, peak,
                                          sample_of(finite), weight=weight, extremes=extremes,
                                          extreme_positions=where, precision=precision))
-                positions, multipliers = sample_positions(info.numel), None
+                multipliers = None
             else:  # sample by position, so each sampled weight keeps its row's step
                 steps, base = rows
                 zeroed = values  # not needed whole any more: zero the non-finite in place
@@ -405,7 +404,7 @@ def _plan_rate(model: Any, infos: list[TensorInfo], lossy: LossyPipeline | None,
                 if multipliers is not None:  # the quantizer sees rows divided by their step
                     levels = levels - np.log2(multipliers)
                 stats[-1].row_length = length
-                stats[-1].row_level = levels[positions // length]
+                stats[-1].row_levels = levels
             whole_rows = length or (rows[0].length if rows is not None
                                     else dct.row_length if dct is not None else 0)
             if whole_rows:  # the encoder's blocks: whole rows (as _with_row_dct, _for_rows …)

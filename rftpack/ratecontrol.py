@@ -124,15 +124,27 @@ class TensorStats:
     #: trades rate for output error), measured once at a planned step
     rate_bias: float = 0.0
     #: row classes: weights per row, and the level (log2 RMS, as the quantizer sees it) of
-    #: each sampled weight's row (None: the tensor's codes are not coded in row classes)
+    #: each row (``row_levels``, what the first pass keeps: one value per row) or of each
+    #: sampled weight's row (``row_level``); both None: not coded in row classes
     row_length: int = 0
     row_level: np.ndarray | None = None
+    row_levels: np.ndarray | None = None
     #: the coder block size this tensor is encoded with, when not the plan's (blocks of whole
     #: rows with row steps or row classes)
     block_size: int | None = None
     #: the sample's row classes per coder block, once computed (they do not depend on the
     #: step): (first sampled weight, sampled weights, most classes) → sample_classes(…)
     _classes: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def sampled_row_levels(self, chosen: np.ndarray) -> np.ndarray | None:
+        """The row level of each of the sampled weights ``chosen`` (None: no row classes)."""
+        if self.row_level is not None:
+            return self.row_level[chosen]
+        if self.row_levels is None:
+            return None
+        positions = self.positions if self.positions is not None \
+            else sample_positions(self.numel)
+        return self.row_levels[positions[chosen] // self.row_length]
 
 
 @dataclass
@@ -253,8 +265,13 @@ def float_summary(x: np.ndarray) -> tuple[float, float, bool]:
 
 
 def sample_of(x: np.ndarray) -> np.ndarray:
+    """Every stride-th value of ``x``, flattened: float32 for floats of 4 bytes or fewer
+    (exactly their values, in half the memory of float64; the estimate computes in float64),
+    else float64."""
     flat = np.asarray(x).reshape(-1)
-    return flat[::_stride(flat.shape[0])].astype(np.float64)
+    exact32 = flat.dtype.kind == "f" and flat.dtype.itemsize <= 4 \
+        or flat.dtype.name == "bfloat16"
+    return flat[::_stride(flat.shape[0])].astype(np.float32 if exact32 else np.float64)
 
 
 def sample_positions(numel: int) -> np.ndarray:
@@ -346,11 +363,12 @@ def estimate(stats: TensorStats, quantizer: Quantizer, block_size: int
             table = 8.0 * _table_bytes(seen, p * size, rare, rare_counts)
         bits += (entropy + loss + stats.rate_bias) * size + extra + table
         most = getattr(quantizer, "row_classes", 1)
-        if stats.row_level is not None and most > 1 and chosen.size:
+        if (stats.row_level is not None or stats.row_levels is not None) and most > 1 \
+                and chosen.size:
             key = (int(chosen[0]), chosen.shape[0], most)
             if key not in stats._classes:
                 stats._classes[key] = rowclasses.sample_classes(
-                    stats.row_level[chosen], size / blocks / stats.row_length, most)
+                    stats.sampled_row_levels(chosen), size / blocks / stats.row_length, most)
             bits -= rowclasses.estimated_gain(symbols, stats._classes[key], weights, size,
                                               size / stats.row_length, blocks)
         rebuilt = quantizer.dequantize({"codes": symbols}, side, symbols.shape[0])
