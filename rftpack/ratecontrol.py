@@ -28,7 +28,8 @@ from rftpack.stages.scalar import MAX_CODE, ScalarQuantizer, SteppedQuantizer, z
 SAMPLE_SIZE = 1 << 15
 MAX_SAMPLE = 1 << 19
 #: a trellis quantizer searches a block's sample in chains of at most this length: 32k
-#: sampled values in chains of 4096 would leave half of its compiled search's 16 lanes empty
+#: sampled values in chains of 1024 fill its compiled search's 32 lanes (in chains of 4096,
+#: a quarter of them)
 #: (MiniLM's planned step at 4.944 bpw moves by 3 parts in a million)
 SAMPLE_CHAIN = 1024
 #: a bits-per-weight target is planned this fraction under, the accuracy of the estimate
