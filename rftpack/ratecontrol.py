@@ -125,10 +125,8 @@ class TensorStats:
     #: trades rate for output error), measured once at a planned step
     rate_bias: float = 0.0
     #: row classes: weights per row, and the level (log2 RMS, as the quantizer sees it) of
-    #: each row (``row_levels``, what the first pass keeps: one value per row) or of each
-    #: sampled weight's row (``row_level``); both None: not coded in row classes
+    #: each row (None: the tensor's codes are not coded in row classes)
     row_length: int = 0
-    row_level: np.ndarray | None = None
     row_levels: np.ndarray | None = None
     #: the coder block size this tensor is encoded with, when not the plan's (blocks of whole
     #: rows with row steps or row classes)
@@ -139,8 +137,6 @@ class TensorStats:
 
     def sampled_row_levels(self, chosen: np.ndarray) -> np.ndarray | None:
         """The row level of each of the sampled weights ``chosen`` (None: no row classes)."""
-        if self.row_level is not None:
-            return self.row_level[chosen]
         if self.row_levels is None:
             return None
         positions = self.positions if self.positions is not None \
@@ -364,8 +360,7 @@ def estimate(stats: TensorStats, quantizer: Quantizer, block_size: int
             table = 8.0 * _table_bytes(seen, p * size, rare, rare_counts)
         bits += (entropy + loss + stats.rate_bias) * size + extra + table
         most = getattr(quantizer, "row_classes", 1)
-        if (stats.row_level is not None or stats.row_levels is not None) and most > 1 \
-                and chosen.size:
+        if stats.row_levels is not None and most > 1 and chosen.size:
             key = (int(chosen[0]), chosen.shape[0], most)
             if key not in stats._classes:
                 stats._classes[key] = rowclasses.sample_classes(

@@ -39,7 +39,6 @@ from rftpack.ratecontrol import (
     estimate,
     extremes_of,
     sample_of,
-    sample_positions,
 )
 from rftpack.stages import rowclasses
 from rftpack.stages.dq import DependentQuantizer
@@ -732,8 +731,7 @@ def test_estimated_class_gain_is_zero_when_no_block_can_have_classes() -> None:
     levels = rowclasses.row_levels(x, length)
     stats = TensorStats("w", x.shape[0], True, float(x @ x), float(np.max(np.abs(x))),
                         sample_of(x), extremes=extremes, extreme_positions=where,
-                        row_length=length,
-                        row_level=levels[sample_positions(x.shape[0]) // length])
+                        row_length=length, row_levels=levels)
     step = 0.006
     assert rowclasses.finest(4, block / length) == 1  # no block can have classes
     classed = ScalarQuantizer(step=step, row_classes=4, row_length=length)

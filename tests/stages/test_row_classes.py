@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from rftpack.codec import LossyPipeline, encode_lossy
 from rftpack.errors import FormatError, StageError
-from rftpack.ratecontrol import TensorStats, estimate, extremes_of, sample_of, sample_positions
+from rftpack.ratecontrol import TensorStats, estimate, extremes_of, sample_of
 from rftpack.stages import rowclasses
 from rftpack.stages.dq import DependentQuantizer
 from rftpack.stages.identity import Identity
@@ -186,8 +186,7 @@ def stats_of(x: np.ndarray, length: int) -> TensorStats:
     levels = rowclasses.row_levels(x, length)
     return TensorStats("w", x.shape[0], True, float(x @ x), float(np.max(np.abs(x))),
                        sample_of(x), extremes=extremes, extreme_positions=where,
-                       row_length=length, row_level=levels[sample_positions(x.shape[0])
-                                                           // length])
+                       row_length=length, row_levels=levels)
 
 
 @pytest.mark.parametrize("spread", [0.0, 0.5, 1.0])
