@@ -8,9 +8,8 @@ LANES chains side by side in compiled code, the add-compare-select over the stat
 across them, instead of all chains a step at a time in numpy: the search is ~25× faster
 than numpy's (per million weights on one thread here: 64 states 0.06 s, 256 states 0.11 s,
 against 2.85 s in numpy; one chain at a time, as once, took 0.23 s at 64 states). It
-releases the GIL, so
-:func:`rftpack.stages.dq.viterbi` runs groups of chains on several threads. Imported only
-when ``dq`` encodes.
+releases the GIL, so :func:`rftpack.stages.dq.viterbi` runs groups of chains on several
+threads. Imported only when ``dq`` encodes.
 """
 
 from __future__ import annotations

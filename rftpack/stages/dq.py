@@ -12,9 +12,9 @@ states gain about 0.9 dB over plain rounding, 8 states (NNCodec's table) 0.08–
 and Ungerboeck's larger trellises more again: over 8 states, 32 gain 0.12–0.13 dB, 64
 0.16–0.20 and 256 (the ``dq`` profile's) 0.24–0.30, each doubling from 64 on costing the
 compiled search about 1.3× the time (per million weights on one thread: 8 states 0.04 s, 64
-0.06 s, 256 0.11 s). The
-encoder minimises squared error + λ·bits along chains of ``chain`` weights (each starting in
-state 0); the decoder replays the states, which is cheap and exact, whatever their number.
+0.06 s, 256 0.11 s). The encoder minimises squared error + λ·bits along chains of ``chain``
+weights (each starting in state 0); the decoder replays the states, which is cheap and exact,
+whatever their number.
 """
 
 from __future__ import annotations
@@ -122,9 +122,11 @@ def _rate_table(scaled: np.ndarray, weights: np.ndarray | None = None) -> np.nda
 def _bits_of(k: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """Bits of each |k| (plus a sign bit) by the histogram of indices ``k``, each counted
     ``weights`` times when given (the share of a block that a sampled value stands for)."""
-    counts = np.bincount(np.abs(k).astype(np.int64), minlength=2).astype(np.float64) \
-        if weights is None else np.bincount(np.abs(k).astype(np.int64), weights=weights,
-                                            minlength=2) / float(np.mean(weights))
+    index = np.abs(k).astype(np.int64)
+    if weights is None:
+        counts = np.bincount(index, minlength=2).astype(np.float64)
+    else:  # in units of an average share, so that the prior below weighs as much
+        counts = np.bincount(index, weights=weights, minlength=2) / float(np.mean(weights))
     counts += 0.5
     bits = -np.log2(counts / counts.sum()) + (np.arange(counts.shape[0]) > 0)
     return np.append(bits, bits[-1] + 2.0)  # anything larger: expensive
