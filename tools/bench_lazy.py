@@ -115,51 +115,35 @@ def bench_memory(workdir: Path, size_gb: float) -> None:
     print(f"2. synthetic model: {count} float32 tensors of {side}×{side} "
           f"({source.stat().st_size / 1e9:.2f} GB); largest tensor {largest / MB:.0f} MB; "
           f"budget 2 × largest + 150 MB = {budget / MB:.0f} MB over baseline")
-    jobs = {
-        "compress": f"""
-import rftpack, time
-base = status("VmRSS"); reset_peak(); t = time.perf_counter()
-rftpack.compress({str(source)!r}, {str(archive)!r}, overwrite=True)
-print(json.dumps({{"base": base, "peak": status("VmHWM"), "s": time.perf_counter() - t,
-                  "numba": "numba" in sys.modules}}))
-""",
-        "compress --bpw 4": f"""
-import rftpack, time
-base = status("VmRSS"); reset_peak(); t = time.perf_counter()
-rftpack.compress({str(source)!r}, {str(workdir / "big_rate.rftp")!r}, overwrite=True,
-                 profile="scalar", target_bpw=4.0)
-print(json.dumps({{"base": base, "peak": status("VmHWM"), "s": time.perf_counter() - t,
-                  "numba": "numba" in sys.modules}}))
-""",
-        "compress lossless": f"""
-import rftpack, time
-base = status("VmRSS"); reset_peak(); t = time.perf_counter()
-rftpack.compress({str(source)!r}, {str(workdir / "big_lossless.rftp")!r}, overwrite=True,
-                 lossless=True)
-print(json.dumps({{"base": base, "peak": status("VmHWM"), "s": time.perf_counter() - t,
-                  "numba": "numba" in sys.modules}}))
-""",
-        "extract": f"""
-import rftpack, time
-base = status("VmRSS"); reset_peak(); t = time.perf_counter()
-rftpack.extract({str(archive)!r}, {str(restored)!r}, overwrite=True)
-print(json.dumps({{"base": base, "peak": status("VmHWM"), "s": time.perf_counter() - t,
-                  "numba": "numba" in sys.modules}}))
-""",
-        "load_state_dict": f"""
-import torch, rftpack, rftpack.torch, time
+    setup = {"load_state_dict": f"""
+import torch, rftpack.torch
 module = torch.nn.Module()
 module.layers = torch.nn.ModuleList()
 for i in range({count}):
     layer = torch.nn.Module()
     layer.weight = torch.nn.Parameter(torch.zeros({side}, {side}))
     module.layers.append(layer)
+"""}
+    work = {
+        "compress": f"rftpack.compress({str(source)!r}, {str(archive)!r}, overwrite=True)",
+        "compress --bpw 4": f"rftpack.compress({str(source)!r}, "
+                            f"{str(workdir / 'big_rate.rftp')!r}, overwrite=True, "
+                            f"profile='scalar', target_bpw=4.0)",
+        "compress lossless": f"rftpack.compress({str(source)!r}, "
+                             f"{str(workdir / 'big_lossless.rftp')!r}, overwrite=True, "
+                             f"lossless=True)",
+        "extract": f"rftpack.extract({str(archive)!r}, {str(restored)!r}, overwrite=True)",
+        "load_state_dict": f"rftpack.torch.load_state_dict(module, {str(archive)!r})",
+    }
+    # each job: its setup, then the work alone between the baseline and the peak
+    jobs = {label: f"""
+import rftpack, time
+{setup.get(label, "")}
 base = status("VmRSS"); reset_peak(); t = time.perf_counter()
-rftpack.torch.load_state_dict(module, {str(archive)!r})
+{call}
 print(json.dumps({{"base": base, "peak": status("VmHWM"), "s": time.perf_counter() - t,
                   "numba": "numba" in sys.modules}}))
-""",
-    }
+""" for label, call in work.items()}
     for label, body in jobs.items():
         figures = run_child(body)
         over = figures["peak"] - figures["base"]
