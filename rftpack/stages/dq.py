@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from rftpack import parallel
+from rftpack import native, parallel
 from rftpack.errors import FormatError, StageError
 from rftpack.stages.base import Codes
 from rftpack.stages.scalar import MAX_CODE, RowSteps, SteppedQuantizer, unzigzag, zigzag
@@ -319,8 +319,9 @@ def decode_symbols(symbols: np.ndarray, alphabet: int, chain: int, states: int,
     machine REPLAY_GROUP indices at a time (two table lookups per group, vectorised over
     chains), with small tables in place of passes over the indices: each symbol's parity by
     lookup, eight parities to a byte (the group patterns), and each value by one lookup of
-    (symbol, quantizer) in a table of reconstruction values × ``step``. Where numba is loaded
-    anyway, :func:`rftpack.stages._dq_jit.replay_chains` does the same in compiled code.
+    (symbol, quantizer) in a table of reconstruction values × ``step``. Where it is built,
+    :func:`rftpack.native.dq_replay` does the same in compiled code, else, where numba is
+    loaded anyway, :func:`rftpack.stages._dq_jit.replay_chains`.
 
     >>> s = zigzag(np.array([1, 2, -1, 0, 3]))
     >>> decode_symbols(s, 7, chain=5, states=4, step=0.5).tolist()
@@ -333,6 +334,12 @@ def decode_symbols(symbols: np.ndarray, alphabet: int, chain: int, states: int,
     parity = (k & 1).astype(np.uint8)
     # value of (symbol s, quantizer q) at index 2s + q: Q0 2k·Δ, Q1 (2k − sgn k)·Δ
     values = (np.stack([2 * k, 2 * k - np.sign(k)], axis=1) * step).reshape(-1)
+    if native.available():  # compiled at install time: the same values, ~8× faster
+        trans, quantizer = _replay_tables(states)
+        try:
+            return native.dq_replay(symbols, chain, trans, quantizer, parity, values)
+        except ValueError as exc:
+            raise FormatError(str(exc)) from exc
     compiled = _compiled("replay_chains") if "numba" in sys.modules else None
     if compiled is not None:  # numba is loaded anyway (rans decoding): ~4× faster, same values
         if int(symbols.min()) < 0 or int(symbols.max()) >= alphabet:  # no bounds checks there

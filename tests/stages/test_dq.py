@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rftpack import native
 from rftpack.codec import stage_record
 from rftpack.errors import FormatError, StageError
 from rftpack.stages import dq
@@ -286,22 +287,26 @@ def test_records_without_states_or_chain_mean_what_version_2_wrote() -> None:
 
 @contextlib.contextmanager
 def replay_path(path: str):
-    """Decode with numpy's grouped replay, or with the compiled one (numba loaded)."""
-    real = dq._compiled
-    if path == "compiled":
+    """Decode with numpy's grouped replay, numba's compiled one (numba loaded) or the C
+    extension's (:mod:`rftpack.native`)."""
+    real_compiled, real_available = dq._compiled, native.available
+    if path == "native" and not native.available():
+        pytest.skip("rftpack._native is not built here (tests/test_native.py says why)")
+    if path == "numba":
         pytest.importorskip("numba")
-        if real("replay_chains") is None:
+        if real_compiled("replay_chains") is None:
             pytest.skip("RFTPACK_NO_JIT is set, or numba cannot compile here")
-        yield
-        return
-    dq._compiled = lambda name: None if name == "replay_chains" else real(name)
     try:
+        if path != "native":
+            native.available = lambda: False
+        if path == "numpy":
+            dq._compiled = lambda name: None if name == "replay_chains" else real_compiled(name)
         yield
     finally:
-        dq._compiled = real
+        dq._compiled, native.available = real_compiled, real_available
 
 
-@pytest.mark.parametrize("path", ["numpy", "compiled"])
+@pytest.mark.parametrize("path", ["numpy", "numba", "native"])
 @pytest.mark.parametrize("states", sorted(TRELLISES))
 @pytest.mark.parametrize("chain", [1, 7, 8, 9, 1024])
 def test_decoding_symbols_replays_the_state_machine(states: int, chain: int, path: str) -> None:
@@ -317,17 +322,25 @@ def test_decoding_symbols_replays_the_state_machine(states: int, chain: int, pat
             assert np.array_equal(replay(k, chain, states) * 0.37, expected)
 
 
-@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.int64])
-def test_compiled_replay_takes_any_symbol_dtype_and_refuses_symbols_outside(dtype) -> None:
+@pytest.mark.parametrize("path", ["numba", "native"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.int32, np.int64, np.uint64])
+def test_compiled_replay_takes_any_symbol_dtype_and_refuses_symbols_outside(dtype,
+                                                                             path) -> None:
     rng = np.random.default_rng(4)
-    symbols = zigzag(rng.integers(-2000, 2000, 9000)).astype(dtype)
+    bound = 100 if np.dtype(dtype).itemsize == 1 else 2000
+    symbols = zigzag(rng.integers(-bound, bound, 9000)).astype(dtype)
     alphabet = int(symbols.max()) + 1
     with replay_path("numpy"):
         expected = decode_symbols(symbols, alphabet, 4096, 256, 0.01)
-    with replay_path("compiled"):
+    with replay_path(path):
         assert np.array_equal(decode_symbols(symbols, alphabet, 4096, 256, 0.01), expected)
         with pytest.raises(FormatError, match="outside the alphabet"):
             decode_symbols(symbols, alphabet - 1, 4096, 256, 0.01)
+        if np.dtype(dtype).kind == "i":
+            negative = symbols.copy()
+            negative[5000] = -1
+            with pytest.raises(FormatError, match="outside the alphabet"):
+                decode_symbols(negative, alphabet, 4096, 256, 0.01)
 
 
 def test_the_refitted_rate_table_prices_the_searchs_own_indices() -> None:

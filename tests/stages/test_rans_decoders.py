@@ -1,17 +1,17 @@
-"""The numba rANS decoder gives exactly what constriction gives: the same quantized model (read
-off constriction's own encoder), the same symbols from the ``rans`` coder's real streams (format
-versions 2 and 1), and the same outcome, symbols or an error, on corrupt streams."""
+"""The compiled rANS decoders (numba's, and the C extension's in :mod:`rftpack.native`) give
+exactly what constriction gives: the same quantized model (read off constriction's own
+encoder), the same symbols from the ``rans`` coder's real streams (format versions 2 and 1), and
+the same outcome, symbols or an error, on corrupt streams."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-pytest.importorskip("numba")
 constriction = pytest.importorskip("constriction")
 
+from rftpack import native  # noqa: E402
 from rftpack.errors import FormatError  # noqa: E402
-from rftpack.stages import _rans_jit as jit  # noqa: E402
 from rftpack.stages._varint import write_varint  # noqa: E402
 from rftpack.stages.rans import (  # noqa: E402
     PROBABILITY_BITS,
@@ -26,6 +26,25 @@ from rftpack.stages.rans import (  # noqa: E402
 
 V2 = RansCoder()
 V1 = RansCoder().for_format_version(1)
+
+
+@pytest.fixture
+def jit():
+    """numba's decoder module (its internals: the model, the slot tables)."""
+    pytest.importorskip("numba")
+    from rftpack.stages import _rans_jit
+
+    return _rans_jit
+
+
+@pytest.fixture(params=["numba", "native"])
+def decode(request):
+    """Each compiled decoder: ``decode(words, freqs, bits, count, strict=False)``."""
+    if request.param == "native":
+        if not native.available():
+            pytest.skip("rftpack._native is not built here (tests/test_native.py says why)")
+        return native.rans_decode
+    return request.getfixturevalue("jit").decode
 
 
 def draw_symbols(rng: np.random.Generator, alphabet: int, count: int, kind: str) -> np.ndarray:
@@ -69,13 +88,14 @@ def constriction_decode(words: np.ndarray, freqs: np.ndarray, bits: int, count: 
         return exc
 
 
-def assert_same_outcome(words: np.ndarray, freqs: np.ndarray, bits: int, count: int) -> None:
+def assert_same_outcome(decode, words: np.ndarray, freqs: np.ndarray, bits: int,
+                        count: int) -> None:
     expected = constriction_decode(words, freqs, bits, count)
     if isinstance(expected, Exception):
         with pytest.raises(ValueError):
-            jit.decode(words, freqs, bits, count)
+            decode(words, freqs, bits, count)
     else:
-        got = jit.decode(words, freqs, bits, count)
+        got = decode(words, freqs, bits, count)
         assert got.dtype == np.int32 and got.shape == (count,)
         np.testing.assert_array_equal(got, expected)
 
@@ -113,7 +133,7 @@ def v1_table(rng: np.random.Generator, alphabet: int, kind: str) -> np.ndarray:
 @pytest.mark.parametrize("alphabet", [2, 3, 7, 64, 300, 4096])
 @pytest.mark.parametrize("kind", ["flat", "skewed", "subset", "dominant"])
 @pytest.mark.parametrize("bits", [TABLE_BITS, PROBABILITY_BITS])
-def test_quantization_is_constrictions(alphabet: int, kind: str, bits: int) -> None:
+def test_quantization_is_constrictions(alphabet: int, kind: str, bits: int, jit) -> None:
     rng = np.random.default_rng([alphabet, len(kind), bits])
     freqs = (v2_table if bits == TABLE_BITS else v1_table)(rng, alphabet, kind)
     assert freqs.sum() == 1 << bits
@@ -127,7 +147,7 @@ def test_quantization_is_constrictions(alphabet: int, kind: str, bits: int) -> N
         assert not np.array_equal(quantized, freqs << (jit.PRECISION - bits))
 
 
-def test_quantization_of_a_small_table() -> None:
+def test_quantization_of_a_small_table(jit) -> None:
     # free weight 2**24 − 4; cdf = ⌊C·(2**24 − 4)⌋ + i for C = 0, .5, .5, .75
     freqs = np.array([8, 0, 4, 4])
     assert jit.quantized_frequencies(freqs, 4).tolist() == [8388607, 1, 4194304, 4194304]
@@ -136,20 +156,20 @@ def test_quantization_of_a_small_table() -> None:
 
 
 @pytest.mark.parametrize("freqs", [np.array([5]), np.array([0, 0, 0]), np.zeros(0, np.int64)])
-def test_models_constriction_refuses_are_refused(freqs: np.ndarray) -> None:
+def test_models_constriction_refuses_are_refused(freqs: np.ndarray, decode, jit) -> None:
     with pytest.raises(ValueError):
         _model(freqs, TABLE_BITS)
     with pytest.raises(ValueError):
         jit.quantized_frequencies(freqs, TABLE_BITS)
     with pytest.raises(ValueError):
-        jit.decode(np.array([7], np.uint32), freqs, TABLE_BITS, 3)
+        decode(np.array([7], np.uint32), freqs, TABLE_BITS, 3)
 
 
-def test_negative_frequencies_are_refused() -> None:
+def test_negative_frequencies_are_refused(decode, jit) -> None:
     with pytest.raises(ValueError):
         jit.quantized_frequencies(np.array([5, -1, 3]), 3)
     with pytest.raises(ValueError):
-        jit.decode(np.array([7], np.uint32), np.array([5, -1, 3]), 3, 2)
+        decode(np.array([7], np.uint32), np.array([5, -1, 3]), 3, 2)
 
 
 # -- real streams --------------------------------------------------------------------------------
@@ -165,18 +185,18 @@ CASES = [(alphabet, kind, count)
 
 @pytest.mark.parametrize(("alphabet", "kind", "count"), CASES)
 def test_version_2_streams_decode_as_constriction_decodes_them(alphabet: int, kind: str,
-                                                               count: int) -> None:
+                                                               count: int, decode) -> None:
     rng = np.random.default_rng([alphabet, count, len(kind)])
     symbols = draw_symbols(rng, alphabet, count, kind)
     data = V2.encode(symbols, alphabet)
     words, freqs = parse_v2(data, alphabet)
     expected = V2.decode(data, count, alphabet)
     np.testing.assert_array_equal(expected, symbols)  # (the coder is right to begin with)
-    got = jit.decode(words, freqs, TABLE_BITS, count, strict=True)
+    got = decode(words, freqs, TABLE_BITS, count, strict=True)
     np.testing.assert_array_equal(got, expected)
     # the read-only words RansCoder.decode sees before its copy decode the same
     np.testing.assert_array_equal(
-        jit.decode(np.frombuffer(words.tobytes(), "<u4"), freqs, TABLE_BITS, count), expected)
+        decode(np.frombuffer(words.tobytes(), "<u4"), freqs, TABLE_BITS, count), expected)
 
 
 def encode_v1(symbols: np.ndarray, alphabet: int) -> tuple[bytes, np.ndarray, np.ndarray]:
@@ -201,18 +221,18 @@ def encode_v1(symbols: np.ndarray, alphabet: int) -> tuple[bytes, np.ndarray, np
 @pytest.mark.parametrize("kind", ["flat", "skewed", "subset", "dominant"])
 @pytest.mark.parametrize("count", [2, 3, 1000, 20_000])
 def test_version_1_streams_decode_as_constriction_decodes_them(alphabet: int, kind: str,
-                                                               count: int) -> None:
+                                                               count: int, decode) -> None:
     rng = np.random.default_rng([alphabet, count, len(kind), 1])
     symbols = draw_symbols(rng, alphabet, count, kind)
     data, words, freqs = encode_v1(symbols, alphabet)
     expected = V1.decode(data, count, alphabet)
     np.testing.assert_array_equal(expected, symbols)
-    got = jit.decode(words, freqs, PROBABILITY_BITS, count, strict=True)
+    got = decode(words, freqs, PROBABILITY_BITS, count, strict=True)
     np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize("alphabet", [2, 40, 3000])
-def test_a_single_symbol_decodes_as_constriction_decodes_it(alphabet: int) -> None:
+def test_a_single_symbol_decodes_as_constriction_decodes_it(alphabet: int, decode) -> None:
     # count 1 never reaches the coder through RansCoder (one distinct symbol: no words)
     rng = np.random.default_rng(alphabet)
     freqs = v2_table(rng, alphabet, "skewed")
@@ -220,11 +240,11 @@ def test_a_single_symbol_decodes_as_constriction_decodes_it(alphabet: int) -> No
         coder = constriction.stream.stack.AnsCoder()
         coder.encode_reverse(np.array([symbol], np.int32), _model(freqs, TABLE_BITS))
         words = coder.get_compressed()
-        assert jit.decode(words, freqs, TABLE_BITS, 1, strict=True).tolist() == [symbol]
-        assert_same_outcome(words, freqs, TABLE_BITS, 1)
+        assert decode(words, freqs, TABLE_BITS, 1, strict=True).tolist() == [symbol]
+        assert_same_outcome(decode, words, freqs, TABLE_BITS, 1)
 
 
-def test_alphabets_past_the_packed_table_decode_as_constriction_decodes_them() -> None:
+def test_alphabets_past_the_packed_table_decode_as_constriction_decodes_them(decode) -> None:
     # over 2**16 symbols the decoder binary-searches (rans.py never gets there)
     rng = np.random.default_rng(5)
     alphabet = 70_000
@@ -236,9 +256,9 @@ def test_alphabets_past_the_packed_table_decode_as_constriction_decodes_them() -
     coder = constriction.stream.stack.AnsCoder()
     coder.encode_reverse(symbols.astype(np.int32), _model(freqs, TABLE_BITS))
     words = coder.get_compressed()
-    got = jit.decode(words, freqs, TABLE_BITS, symbols.shape[0], strict=True)
+    got = decode(words, freqs, TABLE_BITS, symbols.shape[0], strict=True)
     np.testing.assert_array_equal(got, symbols)
-    assert_same_outcome(words[3:], freqs, TABLE_BITS, 6000)
+    assert_same_outcome(decode, words[3:], freqs, TABLE_BITS, 6000)
 
 
 # -- corrupt streams ------------------------------------------------------------------------------
@@ -263,7 +283,7 @@ def corruptions(rng: np.random.Generator, words: np.ndarray) -> list[np.ndarray]
 
 @pytest.mark.parametrize("alphabet", [2, 9, 128, 4096])
 @pytest.mark.parametrize("bits", [TABLE_BITS, PROBABILITY_BITS])
-def test_corrupt_streams_give_what_constriction_gives(alphabet: int, bits: int) -> None:
+def test_corrupt_streams_give_what_constriction_gives(alphabet: int, bits: int, decode) -> None:
     rng = np.random.default_rng([alphabet, bits, 7])
     count = 600
     symbols = draw_symbols(rng, alphabet, count, "skewed")
@@ -274,58 +294,58 @@ def test_corrupt_streams_give_what_constriction_gives(alphabet: int, bits: int) 
     raised = 0
     for corrupt in corruptions(rng, words):
         for n in (count, count - 1, count + 1, 3 * count, 1, 0):  # right and wrong counts
-            assert_same_outcome(corrupt, freqs, bits, n)
+            assert_same_outcome(decode, corrupt, freqs, bits, n)
         raised += isinstance(constriction_decode(corrupt, freqs, bits, count), Exception)
     assert raised >= 3  # (the cases include streams constriction refuses)
 
 
-def test_constriction_raises_only_on_a_last_zero_word() -> None:
+def test_constriction_raises_only_on_a_last_zero_word(decode) -> None:
     freqs = np.array([3, 0, 5, 8])
     assert isinstance(constriction_decode(np.array([4, 0], np.uint32), freqs, 4, 5), ValueError)
     with pytest.raises(ValueError, match="zero word"):
-        jit.decode(np.array([4, 0], np.uint32), freqs, 4, 5)
+        decode(np.array([4, 0], np.uint32), freqs, 4, 5)
     with pytest.raises(ValueError, match="zero word"):
-        jit.decode(np.array([0], np.uint32), freqs, 4, 0)
+        decode(np.array([0], np.uint32), freqs, 4, 0)
     # no words: state 0, which decodes symbol 0 for ever; garbage decodes to something
-    assert jit.decode(np.zeros(0, np.uint32), freqs, 4, 4).tolist() == [0, 0, 0, 0]
-    assert_same_outcome(np.zeros(0, np.uint32), freqs, 4, 4)
-    assert_same_outcome(np.array([0, 5], np.uint32), freqs, 4, 9)
-    assert_same_outcome(np.array([123456789], np.uint32), freqs, 4, 40)
+    assert decode(np.zeros(0, np.uint32), freqs, 4, 4).tolist() == [0, 0, 0, 0]
+    assert_same_outcome(decode, np.zeros(0, np.uint32), freqs, 4, 4)
+    assert_same_outcome(decode, np.array([0, 5], np.uint32), freqs, 4, 9)
+    assert_same_outcome(decode, np.array([123456789], np.uint32), freqs, 4, 40)
     # and RansCoder turns constriction's error into a FormatError
     data = V2.encode(np.array([0, 1, 1, 0, 2], np.uint8), 3)
     with pytest.raises(FormatError):
         V2.decode(data[:-4] + bytes(4), 5, 3)
 
 
-def test_strict_decoding_checks_that_the_stream_ends_where_the_encoder_began() -> None:
+def test_strict_decoding_checks_that_the_stream_ends_where_the_encoder_began(decode) -> None:
     rng = np.random.default_rng(11)
     symbols = draw_symbols(rng, 64, 2000, "skewed")
     symbols[-1] = 5  # (state 0 decodes symbol 0: a missing final 0 could not be seen)
     words, freqs = parse_v2(V2.encode(symbols, 64), 64)
-    np.testing.assert_array_equal(jit.decode(words, freqs, TABLE_BITS, 2000, strict=True),
+    np.testing.assert_array_equal(decode(words, freqs, TABLE_BITS, 2000, strict=True),
                                   symbols)
     for corrupt, count in [(words, 1999), (words, 1000), (words[1:], 2000), (words[:-1], 2000),
                            (np.r_[np.uint32(7), words].astype(np.uint32), 2000)]:
         with pytest.raises(ValueError, match="does not end"):
-            jit.decode(corrupt, freqs, TABLE_BITS, count, strict=True)
-        jit.decode(corrupt, freqs, TABLE_BITS, count)  # (constriction does not check this)
+            decode(corrupt, freqs, TABLE_BITS, count, strict=True)
+        decode(corrupt, freqs, TABLE_BITS, count)  # (constriction does not check this)
 
 
-def test_bad_arguments_are_value_errors() -> None:
+def test_bad_arguments_are_value_errors(decode) -> None:
     freqs = np.array([1, 1])
     with pytest.raises(ValueError):
-        jit.decode(np.array([5], np.uint32), freqs, TABLE_BITS, -1)
+        decode(np.array([5], np.uint32), freqs, TABLE_BITS, -1)
     with pytest.raises(ValueError):
-        jit.decode(np.array([5], np.uint32), freqs.astype(np.float64), TABLE_BITS, 1)
+        decode(np.array([5], np.uint32), freqs.astype(np.float64), TABLE_BITS, 1)
     with pytest.raises(ValueError):
-        jit.decode(np.array([[5]], np.uint32), freqs, TABLE_BITS, 1)
+        decode(np.array([[5]], np.uint32), freqs, TABLE_BITS, 1)
     with pytest.raises(ValueError):
-        jit.decode(np.array([5], np.uint32), freqs, 63, 1)
+        decode(np.array([5], np.uint32), freqs, 63, 1)
 
 
 @pytest.mark.parametrize(("alphabet", "count"), [(2, 1), (128, 100), (128, 10**6), (4096, 300),
                                                  (4096, 10**6), (65536, 5)])
-def test_slot_tables_are_small_for_small_blocks_and_right(alphabet: int, count: int) -> None:
+def test_slot_tables_are_small_for_small_blocks_and_right(alphabet: int, count: int, jit) -> None:
     bits = jit.slot_bits(alphabet, count)
     assert 1 <= bits <= 14 and (1 << bits) <= max(2, 2 * count)
     rng = np.random.default_rng(alphabet)
@@ -342,15 +362,17 @@ def test_slot_tables_are_small_for_small_blocks_and_right(alphabet: int, count: 
 
 
 def compiled_calls(monkeypatch) -> list[int]:
-    """The symbol counts of every call to the compiled decoder (a spy around the real one),
-    with numba unloaded as far as the ``rans`` coder can tell."""
+    """The symbol counts of every call to numba's decoder (a spy around the real one), with
+    numba unloaded as far as the ``rans`` coder can tell and the C extension switched off."""
     import sys
 
     from rftpack.stages import rans
 
+    pytest.importorskip("numba")
     calls: list[int] = []
     real = rans._compiled_decoder()
     assert real is not None
+    monkeypatch.setattr(native, "available", lambda: False)
 
     def spy(*args, **kwargs):
         calls.append(args[3])

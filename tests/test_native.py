@@ -1,0 +1,119 @@
+"""The C extension (:mod:`rftpack.native`): built wherever a C compiler is, optional where none
+is, and invisible in what comes out: every profile's archive extracts to the same bytes with
+it and without it. Its decoders' parity with constriction and numba is in
+tests/stages/test_rans_decoders.py and tests/stages/test_dq.py."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+import rftpack
+from rftpack import native
+from rftpack.stages.rans import RansCoder
+
+
+def test_the_extension_is_built_where_a_c_compiler_is() -> None:
+    compiler = shlex.split(sysconfig.get_config_var("CC") or "cc")[0]
+    if shutil.which(compiler) is None:
+        pytest.skip(f"no C compiler ({compiler}) here: rftpack installs without its extension")
+    if os.environ.get("RFTPACK_NO_NATIVE"):
+        pytest.skip("RFTPACK_NO_NATIVE is set")
+    # pip install -e . builds it next to the sources; a failed build is silent (optional)
+    assert native.available(), "rftpack._native did not build: pip install -e . shows why"
+
+
+def run_python(code: str, **env: str) -> str:
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, **env}, check=True)
+    return result.stdout.strip()
+
+
+def test_rftpack_no_native_switches_it_off() -> None:
+    probe = "from rftpack import native; print(native.available())"
+    assert run_python(probe, RFTPACK_NO_NATIVE="1") == "False"
+    if native.available():
+        assert run_python(probe) == "True"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = np.random.default_rng(3)
+    path = tmp_path_factory.mktemp("native") / "model.safetensors"
+    save_file({"encoder.weight": rng.normal(0, 0.05, (96, 200)).astype(np.float32),
+               "embeddings.weight": rng.laplace(0, 0.02, (300, 64)).astype(np.float32),
+               "encoder.bias": rng.normal(0, 0.01, 96).astype(np.float32)}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("settings", [{"profile": "hybrid"},
+                                      {"profile": "scalar", "target_bpw": 4.0},
+                                      {"profile": "dq", "target_bpw": 3.0},
+                                      {"profile": "lossless"}],
+                         ids=["hybrid", "scalar", "dq", "lossless"])
+def test_archives_extract_to_the_same_bytes_with_and_without_it(model: Path, tmp_path: Path,
+                                                                 settings: dict) -> None:
+    if not native.available():
+        pytest.skip("rftpack._native is not built here")
+    archive = tmp_path / "model.rftp"
+    rftpack.compress(model, archive, **settings)
+    with_native = tmp_path / "with.safetensors"
+    rftpack.extract(archive, with_native)
+    without = tmp_path / "without.safetensors"
+    code = (f"import rftpack; rftpack.extract({str(archive)!r}, {str(without)!r}); "
+            "import sys; print('numba' in sys.modules)")
+    # no numba either: constriction and numpy decode it
+    assert run_python(code, RFTPACK_NO_NATIVE="1", RFTPACK_NO_JIT="1") == "False"
+    assert with_native.read_bytes() == without.read_bytes()
+
+
+def test_words_are_read_in_place_at_any_alignment() -> None:
+    if not native.available():
+        pytest.skip("rftpack._native is not built here")
+    rng = np.random.default_rng(1)
+    symbols = rng.choice(40, 5000, p=np.r_[0.5, np.full(39, 0.5 / 39)])
+    data = RansCoder().encode(symbols, 40)
+    coder = RansCoder()
+    for pad in range(4):  # the segment starts at every offset of a word
+        shifted = memoryview(bytes(pad) + data)[pad:]
+        assert np.array_equal(coder.decode(shifted, 5000, 40), symbols)
+
+
+def test_the_extension_checks_its_buffers() -> None:
+    if not native.available():
+        pytest.skip("rftpack._native is not built here")
+    from rftpack import _native
+
+    freqs = np.array([1 << 23, 1 << 23], np.int64)
+    words = np.array([5, 7], np.uint32)
+    out = np.empty(3, np.int32)
+    with pytest.raises(ValueError, match="wrong size"):
+        _native.rans_decode(words, freqs, 24, 4, out)  # out holds 3 symbols, not 4
+    with pytest.raises(ValueError, match="wrong size"):
+        _native.rans_decode(b"\x01\x02\x03", freqs, 24, 1, out)  # not whole words
+    with pytest.raises(TypeError):
+        _native.rans_decode(words, freqs, 24, 1, b"read-only")
+    trans = np.array([[0, 1], [1, 0]], np.int64)
+    quantizer = np.array([0, 1], np.int64)
+    parity = np.array([0, 1, 0], np.uint8)
+    values = np.zeros(6)
+    symbols = np.array([0, 1, 2, 1], np.uint8)
+    replayed = np.empty(4)
+    _native.dq_replay(symbols, 1, 2, trans, quantizer, parity, values, replayed)
+    with pytest.raises(ValueError, match="wrong size"):
+        _native.dq_replay(symbols, 1, 2, trans, quantizer, parity, values[:5], replayed)
+    with pytest.raises(ValueError, match="leaves the trellis"):
+        _native.dq_replay(symbols, 1, 2, trans + 1, quantizer, parity, values, replayed)
+    with pytest.raises(ValueError, match="parities"):
+        _native.dq_replay(symbols, 1, 2, trans, quantizer, parity + 1, values, replayed)
+    with pytest.raises(ValueError, match="outside the alphabet"):
+        _native.dq_replay(symbols + 1, 1, 2, trans, quantizer, parity, values, replayed)
