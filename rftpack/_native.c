@@ -4,13 +4,18 @@
  * same values). Wrapped, with its argument checks, by rftpack/native.py; nothing else
  * imports this module.
  *
- *   rans_decode(words, freqs, bits, count, out) -> (state, words_left)
+ *   rans_decode(words, freqs, bits, count, out, itemsize, bounds) -> (states, words_left)
  *       constriction's AnsCoder(words).decode(Categorical(freqs / 2**bits, perfect=False),
  *       count), symbol for symbol: the port of rftpack/stages/_rans_jit.py (whose docstring
- *       says what constriction does), into the int32 buffer `out`.
- *   dq_replay(symbols, itemsize, chain, trans, quantizer, parity, values, out)
+ *       says what constriction does), into `out`, unsigned integers of `itemsize` bytes
+ *       (1, 2 or 4; the alphabet must fit). `bounds` (int64, lanes + 1 word offsets) splits
+ *       the words into lanes, independent streams of one model: symbol i is lane i mod lanes'
+ *       (format version 3, FORMAT.md 7.1). Returns the lanes' final states OR-ed together and
+ *       the words none of them read.
+ *   dq_replay(symbols, itemsize, chain, trans, quantizer, parity, values, out, value_size)
  *       dq's decoder replay: each chain of `chain` symbols starts in state 0; symbol s gets
  *       values[2 s + quantizer[state]] and moves the state to trans[2 state + parity[s]].
+ *       Values and `out` are float64 (value_size 8) or float32 (4).
  *
  * Why C and not only numba: numba's start-up (~0.75 s a process) costs more than it saves on
  * a model of MiniLM's size; this module loads in about a millisecond. Both loops release the
@@ -88,7 +93,8 @@ static void slot_table(const uint64_t *cdf, int64_t n, int slot_bits, uint64_t *
         const int64_t end = ((int64_t)cdf[s + 1] + (INT64_C(1) << shift) - 1) >> shift;
         if (end > j) {
             const uint64_t lo = cdf[s];
-            const uint64_t entry = (uint64_t)s | (lo << LO_SHIFT) | ((cdf[s + 1] - lo) << FREQ_SHIFT);
+            const uint64_t frequency = cdf[s + 1] - lo;
+            const uint64_t entry = (uint64_t)s | (lo << LO_SHIFT) | (frequency << FREQ_SHIFT);
             for (int64_t k = j; k < end; k++) table[k] = entry;
             j = end;
         }
@@ -103,84 +109,98 @@ static inline uint32_t word_at(const unsigned char *words, Py_ssize_t i) {
     return w;
 }
 
-/* constriction's AnsCoder(words): (state, words left); 1 when the last word is 0. */
-static int initial_state(const unsigned char *words, Py_ssize_t nwords, uint64_t *state,
-                         Py_ssize_t *pos) {
-    *pos = nwords;
-    *state = 0;
-    if (*pos) {
-        *pos -= 1;
-        *state = word_at(words, *pos);
-        if (*state == 0) return 1;
-        if (*pos) {
-            *pos -= 1;
-            *state = (*state << 32) | word_at(words, *pos);
+/* One rANS stream (a lane): its state, and its words [floor, pos) still to be read, from the
+ * top down. */
+typedef struct {
+    uint64_t state;
+    Py_ssize_t pos, floor;
+} Lane;
+
+/* constriction's AnsCoder(words[begin:end]); 1 when its last word is 0 (its one refusal) */
+static int lane_open(const unsigned char *words, Py_ssize_t begin, Py_ssize_t end, Lane *lane) {
+    lane->floor = begin;
+    lane->pos = end;
+    lane->state = 0;
+    if (lane->pos > begin) {
+        lane->pos--;
+        lane->state = word_at(words, lane->pos);
+        if (lane->state == 0) return 1;
+        if (lane->pos > begin) {
+            lane->pos--;
+            lane->state = (lane->state << 32) | word_at(words, lane->pos);
         }
     }
     return 0;
 }
 
-static void decode_packed(const unsigned char *words, Py_ssize_t *pos, uint64_t *state_io,
-                          const uint64_t *cdf, const uint64_t *table, int slot_bits,
-                          Py_ssize_t count, int32_t *out) {
-    uint64_t state = *state_io;
-    Py_ssize_t p = *pos;
-    const int shift = PRECISION - slot_bits;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        const uint64_t quantile = state & QUANTILE_MASK;
-        const uint64_t slot = quantile >> shift;
-        const uint64_t entry = table[slot];
-        int64_t symbol = (int64_t)(entry & SYMBOL_MASK);
-        uint64_t lo = (entry >> LO_SHIFT) & FIELD_MASK;
-        uint64_t frequency = entry >> FREQ_SHIFT;
-        if (quantile - lo >= frequency) {
-            /* the slot holds symbol boundaries: the symbol is in symbol + 1 ... the next slot's */
-            int64_t a = symbol + 1;
-            int64_t b = (int64_t)(table[slot + 1] & SYMBOL_MASK);
-            while (a < b) {
-                const int64_t mid = (a + b + 1) >> 1;
-                if (cdf[mid] <= quantile) a = mid;
-                else b = mid - 1;
-            }
-            symbol = a;
-            lo = cdf[a];
-            frequency = cdf[a + 1] - lo;
-        }
-        state = (state >> PRECISION) * frequency + (quantile - lo);
-        if (state < LOW && p > 0) {
-            p--;
-            state = (state << 32) | word_at(words, p);
-        }
-        out[i] = (int32_t)symbol;
+typedef struct {
+    const unsigned char *words;
+    const uint64_t *cdf, *table;  /* table: NULL for alphabets over 2**16 (binary search) */
+    int64_t n;                    /* symbols in the model */
+    int shift;                    /* 24 - slot bits */
+} Model;
+
+static inline __attribute__((always_inline)) int64_t next_symbol(Lane *lane, const Model *m) {
+    const uint64_t quantile = lane->state & QUANTILE_MASK;
+    int64_t symbol, a, b;
+    uint64_t lo, frequency;
+    if (m->table) {
+        const uint64_t slot = quantile >> m->shift;
+        const uint64_t entry = m->table[slot];
+        symbol = (int64_t)(entry & SYMBOL_MASK);
+        lo = (entry >> LO_SHIFT) & FIELD_MASK;
+        frequency = entry >> FREQ_SHIFT;
+        if (quantile - lo < frequency) goto found;
+        /* the slot holds symbol boundaries: the symbol is in symbol + 1 ... the next slot's */
+        a = symbol + 1;
+        b = (int64_t)(m->table[slot + 1] & SYMBOL_MASK);
+    } else {
+        a = 0;
+        b = m->n - 1;
     }
-    *state_io = state;
-    *pos = p;
+    while (a < b) {
+        const int64_t mid = (a + b + 1) >> 1;
+        if (m->cdf[mid] <= quantile) a = mid;
+        else b = mid - 1;
+    }
+    symbol = a;
+    lo = m->cdf[a];
+    frequency = m->cdf[a + 1] - lo;
+found:
+    lane->state = (lane->state >> PRECISION) * frequency + (quantile - lo);
+    if (lane->state < LOW && lane->pos > lane->floor) {
+        lane->pos--;
+        lane->state = (lane->state << 32) | word_at(m->words, lane->pos);
+    }
+    return symbol;
 }
 
-/* alphabets over 2**16 symbols: a binary search per symbol (constriction's own way) */
-static void decode_wide(const unsigned char *words, Py_ssize_t *pos, uint64_t *state_io,
-                        const uint64_t *cdf, int64_t n, Py_ssize_t count, int32_t *out) {
-    uint64_t state = *state_io;
-    Py_ssize_t p = *pos;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        const uint64_t quantile = state & QUANTILE_MASK;
-        int64_t a = 0, b = n - 1;
-        while (a < b) {
-            const int64_t mid = (a + b + 1) >> 1;
-            if (cdf[mid] <= quantile) a = mid;
-            else b = mid - 1;
-        }
-        const uint64_t lo = cdf[a];
-        state = (state >> PRECISION) * (cdf[a + 1] - lo) + (quantile - lo);
-        if (state < LOW && p > 0) {
-            p--;
-            state = (state << 32) | word_at(words, p);
-        }
-        out[i] = (int32_t)a;
+/* Symbol i comes from lane i mod `lanes`. Four lanes (what rftpack writes for large blocks)
+ * run unrolled, so their independent steps overlap; other counts go lane by lane. */
+#define DEFINE_DECODE(T)                                                              \
+    static void decode_##T(Lane *lane, int lanes, const Model *m, Py_ssize_t count,  \
+                           T *out) {                                                  \
+        Py_ssize_t i = 0;                                                             \
+        if (lanes == 4) {                                                             \
+            Lane l0 = lane[0], l1 = lane[1], l2 = lane[2], l3 = lane[3];              \
+            for (; i + 4 <= count; i += 4) {                                          \
+                out[i] = (T)next_symbol(&l0, m);                                      \
+                out[i + 1] = (T)next_symbol(&l1, m);                                  \
+                out[i + 2] = (T)next_symbol(&l2, m);                                  \
+                out[i + 3] = (T)next_symbol(&l3, m);                                  \
+            }                                                                         \
+            lane[0] = l0, lane[1] = l1, lane[2] = l2, lane[3] = l3;                   \
+        } else if (lanes == 1) {                                                      \
+            Lane l0 = lane[0];                                                        \
+            for (; i < count; i++) out[i] = (T)next_symbol(&l0, m);                   \
+            lane[0] = l0;                                                             \
+        }                                                                             \
+        for (; i < count; i++) out[i] = (T)next_symbol(&lane[i % lanes], m);          \
     }
-    *state_io = state;
-    *pos = p;
-}
+
+DEFINE_DECODE(uint8_t)
+DEFINE_DECODE(uint16_t)
+DEFINE_DECODE(uint32_t)
 
 static int slot_bits_for(int64_t alphabet, int64_t count) {
     int bits = bit_length(alphabet) + 3;
@@ -190,22 +210,37 @@ static int slot_bits_for(int64_t alphabet, int64_t count) {
     return bits < 1 ? 1 : bits;
 }
 
+#define MAX_LANES 255
+
 static PyObject *rans_decode(PyObject *self, PyObject *args) {
-    Py_buffer words, freqs, out;
-    int bits;
+    Py_buffer words, freqs, out, bounds;
+    int bits, itemsize;
     Py_ssize_t count;
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*y*inw*", &words, &freqs, &bits, &count, &out)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*y*inw*iy*", &words, &freqs, &bits, &count, &out, &itemsize,
+                          &bounds))
+        return NULL;
     PyObject *result = NULL;
     uint64_t *cdf = NULL, *table = NULL;
     const int64_t n = freqs.len / 8;
+    const int lanes = (int)(bounds.len / 8) - 1;
+    const int64_t *bound = bounds.buf;
     const char *error = NULL;
-    if (words.len % 4 || freqs.len % 8 || count < 0 || out.len < 4 * count) {
+    if (!(itemsize == 1 || itemsize == 2 || itemsize == 4) || words.len % 4 || freqs.len % 8 ||
+        count < 0 || out.len != itemsize * count || bounds.len % 8 || lanes < 1 ||
+        lanes > MAX_LANES) {
         error = "rans: buffers of the wrong size";
+    } else if (itemsize < 4 && n > (INT64_C(1) << (8 * itemsize))) {
+        error = "rans: the alphabet does not fit the output's integers";
     } else if (n < 2 || n >= (INT64_C(1) << PRECISION) - 1) {
         error = "rans model: constriction's categorical model needs 2 ... 2**24 - 2 symbols";
     } else if (bits < 1 || bits > 62) {
         error = "rans model: table totals 2**1 ... 2**62 are supported";
+    } else if (bound[0] != 0 || bound[lanes] != words.len / 4) {
+        error = "rans: the lanes do not cover the words";
+    } else {
+        for (int l = 0; l < lanes; l++)
+            if (bound[l + 1] < bound[l]) error = "rans: the lanes do not cover the words";
     }
     if (error) {
         PyErr_SetString(PyExc_ValueError, error);
@@ -219,58 +254,86 @@ static PyObject *rans_decode(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    uint64_t state;
-    Py_ssize_t pos;
+    Lane lane[MAX_LANES];
+    uint64_t states = 0;
+    Py_ssize_t left = 0;
     Py_BEGIN_ALLOW_THREADS
     error = quantized_cdf((const int64_t *)freqs.buf, n, bits, cdf);
-    if (!error && initial_state(words.buf, words.len / 4, &state, &pos))
-        error = "rans: invalid compressed data: ANS compressed data never ends in a zero word";
+    for (int l = 0; !error && l < lanes; l++) {
+        if (lane_open(words.buf, (Py_ssize_t)bound[l], (Py_ssize_t)bound[l + 1], &lane[l]))
+            error = "rans: invalid compressed data: ANS compressed data never ends in a zero "
+                    "word";
+    }
     if (!error) {
-        if (packed) {
-            slot_table(cdf, n, slot_bits, table);
-            decode_packed(words.buf, &pos, &state, cdf, table, slot_bits, count, out.buf);
-        } else {
-            decode_wide(words.buf, &pos, &state, cdf, n, count, out.buf);
+        if (packed) slot_table(cdf, n, slot_bits, table);
+        const Model model = {words.buf, cdf, table, n, PRECISION - slot_bits};
+        if (itemsize == 1) decode_uint8_t(lane, lanes, &model, count, out.buf);
+        else if (itemsize == 2) decode_uint16_t(lane, lanes, &model, count, out.buf);
+        else decode_uint32_t(lane, lanes, &model, count, out.buf);
+        for (int l = 0; l < lanes; l++) {
+            states |= lane[l].state;
+            left += lane[l].pos - lane[l].floor;
         }
     }
     Py_END_ALLOW_THREADS
     if (error) PyErr_SetString(PyExc_ValueError, error);
-    else result = Py_BuildValue("(Kn)", (unsigned long long)state, pos);
+    else result = Py_BuildValue("(Kn)", (unsigned long long)states, left);
 done:
     free(cdf);
     free(table);
     PyBuffer_Release(&words);
     PyBuffer_Release(&freqs);
     PyBuffer_Release(&out);
+    PyBuffer_Release(&bounds);
     return result;
 }
 
-#define REPLAY_LOOP(T)                                                                    \
-    do {                                                                                  \
-        const T *s = (const T *)symbols.buf;                                              \
-        for (Py_ssize_t start = 0; start < n; start += chain) {                           \
-            const Py_ssize_t stop = n - start < chain ? n : start + chain;                \
-            int64_t state = 0;                                                            \
-            for (Py_ssize_t i = start; i < stop; i++) {                                   \
-                const uint64_t symbol = (uint64_t)s[i];                                   \
-                if (symbol >= alphabet) {                                                 \
-                    bad = 1;                                                              \
-                    break;                                                                \
-                }                                                                         \
-                value[i] = values[2 * symbol + (uint64_t)quantizer[state]];               \
-                state = trans[2 * state + parity[symbol]];                                \
-            }                                                                             \
-            if (bad) break;                                                               \
-        }                                                                                 \
+/* chains replayed side by side: their state machines are independent, so the CPU overlaps
+ * their lookups (one chain at a time waits on each state's load: ~2x slower) */
+#define REPLAY_LANES 4
+
+/* one step of lane l: symbols T, values VT */
+#define REPLAY_STEP(l, VT)                                                        \
+    do {                                                                          \
+        const Py_ssize_t i = start + (l) * chain + j;                             \
+        const uint64_t symbol = (uint64_t)s[i];                                   \
+        if (symbol >= alphabet) {                                                 \
+            bad = 1;                                                              \
+        } else {                                                                  \
+            const uint64_t at = 2 * symbol + (uint64_t)quantizer[state[l]];       \
+            ((VT *)value)[i] = ((const VT *)values)[at];                          \
+            state[l] = trans[2 * state[l] + parity[symbol]];                      \
+        }                                                                         \
+    } while (0)
+
+#define REPLAY_LOOP(T, VT)                                                        \
+    do {                                                                          \
+        const T *s = (const T *)symbols.buf;                                      \
+        Py_ssize_t start = 0;                                                     \
+        for (; !bad && n - start >= REPLAY_LANES * chain;                         \
+             start += REPLAY_LANES * chain) {                                     \
+            int64_t state[REPLAY_LANES] = {0};                                    \
+            for (Py_ssize_t j = 0; !bad && j < chain; j++) {                      \
+                REPLAY_STEP(0, VT);                                               \
+                REPLAY_STEP(1, VT);                                               \
+                REPLAY_STEP(2, VT);                                               \
+                REPLAY_STEP(3, VT);                                               \
+            }                                                                     \
+        }                                                                         \
+        for (; !bad && start < n; start += chain) {                               \
+            const Py_ssize_t length = n - start < chain ? n - start : chain;      \
+            int64_t state[1] = {0};                                               \
+            for (Py_ssize_t j = 0; !bad && j < length; j++) REPLAY_STEP(0, VT);   \
+        }                                                                         \
     } while (0)
 
 static PyObject *dq_replay(PyObject *self, PyObject *args) {
     Py_buffer symbols, trans_buf, quantizer_buf, parity_buf, values_buf, out;
-    int itemsize;
+    int itemsize, value_size;
     Py_ssize_t chain;
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*iny*y*y*y*w*", &symbols, &itemsize, &chain, &trans_buf,
-                          &quantizer_buf, &parity_buf, &values_buf, &out))
+    if (!PyArg_ParseTuple(args, "y*iny*y*y*y*w*i", &symbols, &itemsize, &chain, &trans_buf,
+                          &quantizer_buf, &parity_buf, &values_buf, &out, &value_size))
         return NULL;
     PyObject *result = NULL;
     const Py_ssize_t states = quantizer_buf.len / 8;
@@ -278,8 +341,8 @@ static PyObject *dq_replay(PyObject *self, PyObject *args) {
     const Py_ssize_t n = itemsize > 0 ? symbols.len / itemsize : 0;
     if (!(itemsize == 1 || itemsize == 2 || itemsize == 4 || itemsize == 8) ||
         symbols.len % itemsize || chain < 1 || states < 1 || trans_buf.len != 16 * states ||
-        quantizer_buf.len % 8 || values_buf.len != 16 * (Py_ssize_t)alphabet ||
-        out.len != 8 * n) {
+        quantizer_buf.len % 8 || !(value_size == 4 || value_size == 8) ||
+        values_buf.len != 2 * value_size * (Py_ssize_t)alphabet || out.len != value_size * n) {
         PyErr_SetString(PyExc_ValueError, "dq replay: buffers of the wrong size");
         goto done;
     }
@@ -303,15 +366,24 @@ static PyObject *dq_replay(PyObject *self, PyObject *args) {
             goto done;
         }
     }
-    const double *values = values_buf.buf;
-    double *value = out.buf;
+    const void *values = values_buf.buf;
+    void *value = out.buf;
     int bad = 0;
     Py_BEGIN_ALLOW_THREADS
-    switch (itemsize) {
-        case 1: REPLAY_LOOP(uint8_t); break;
-        case 2: REPLAY_LOOP(uint16_t); break;
-        case 4: REPLAY_LOOP(uint32_t); break;
-        default: REPLAY_LOOP(uint64_t); break;
+    if (value_size == 8) {
+        switch (itemsize) {
+            case 1: REPLAY_LOOP(uint8_t, double); break;
+            case 2: REPLAY_LOOP(uint16_t, double); break;
+            case 4: REPLAY_LOOP(uint32_t, double); break;
+            default: REPLAY_LOOP(uint64_t, double); break;
+        }
+    } else {
+        switch (itemsize) {
+            case 1: REPLAY_LOOP(uint8_t, float); break;
+            case 2: REPLAY_LOOP(uint16_t, float); break;
+            case 4: REPLAY_LOOP(uint32_t, float); break;
+            default: REPLAY_LOOP(uint64_t, float); break;
+        }
     }
     Py_END_ALLOW_THREADS
     if (bad) {
@@ -331,9 +403,10 @@ done:
 
 static PyMethodDef methods[] = {
     {"rans_decode", rans_decode, METH_VARARGS,
-     "rans_decode(words, freqs, bits, count, out) -> (state, words_left)"},
+     "rans_decode(words, freqs, bits, count, out, itemsize, bounds) -> (states, words_left)"},
     {"dq_replay", dq_replay, METH_VARARGS,
-     "dq_replay(symbols, itemsize, chain, trans, quantizer, parity, values, out) -> None"},
+     "dq_replay(symbols, itemsize, chain, trans, quantizer, parity, values, out, value_size)"
+     " -> None"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -29,6 +29,7 @@ from rftpack.plugins import provider_of, stage_from_config
 from rftpack.rounding import round_mantissa
 from rftpack.stages.bands import geometric_bands
 from rftpack.stages.base import Coder, PolarView, Quantizer, Stage, Transform
+from rftpack.stages.identity import Identity
 from rftpack.stages.scalar import RowSteps, SteppedQuantizer
 
 CONTAINER_TYPE = "rft_hybrid_tensor"
@@ -487,12 +488,16 @@ def decode_container(container: dict[str, Any], read_segment: Callable[[dict[str
             if values is not target:
                 target[...] = values
         else:
+            target = out[start:start + count]
             with np.errstate(over="ignore", invalid="ignore"):  # corrupt values: checked next
-                x = _decode_lossy_block(block, count, pipeline, read_segment, refine)
+                x = _decode_lossy_block(block, count, pipeline, read_segment, refine, target)
+            if x is None:  # the quantizer wrote the target itself
+                start += count
+                continue
             if not np.isfinite(x).all():  # stored non-finite values come back separately
                 raise FormatError("decoded weights are not finite: the block's side info or "
                                   "stage parameters are corrupt")
-            _cast_float_into(x, out[start:start + count])
+            _cast_float_into(x, target)
         start += count
     nonfinite = (container.get("payload") or {}).get("nonfinite")
     if nonfinite:
@@ -551,7 +556,10 @@ def _decode_exact_block(block, count, dtype, pipeline: ExactPipeline, read_segme
 
 
 def _decode_lossy_block(block, count, pipeline: LossyPipeline, read_segment,
-                        refine: RefineFactory | None) -> np.ndarray:
+                        refine: RefineFactory | None, target: np.ndarray | None = None
+                        ) -> np.ndarray | None:
+    """The block's decoded values (float64), or None when the quantizer wrote them into
+    ``target`` itself (:meth:`Quantizer.dequantize_into`: identity transform, no refining)."""
     coefficients_count = pipeline.transform.coefficient_count(count)
     if block.get("coefficients", coefficients_count) != coefficients_count:
         raise FormatError("block coefficient count disagrees with its transform")
@@ -576,6 +584,10 @@ def _decode_lossy_block(block, count, pipeline: LossyPipeline, read_segment,
     corrector = None
     if refine is not None and pipeline.quantizer.refinable:
         corrector = refine(pipeline.bands(count))
+    if (target is not None and corrector is None and isinstance(pipeline.transform, Identity)
+            and coefficients_count == count
+            and pipeline.quantizer.dequantize_into(streams, side, count, target)):
+        return None
     coefficients = pipeline.quantizer.dequantize(streams, side, coefficients_count, corrector)
     return pipeline.transform.inverse(coefficients, count)
 

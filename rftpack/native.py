@@ -48,14 +48,19 @@ def available() -> bool:
 
 
 def rans_decode(words: np.ndarray | memoryview | bytes, freqs: np.ndarray, bits: int,
-                count: int, *, strict: bool = False) -> np.ndarray:
-    """``count`` symbols (int32) of a ``rans`` stream: what constriction's
+                count: int, *, strict: bool = False, dtype: np.dtype | type = np.int32,
+                lanes: np.ndarray | None = None) -> np.ndarray:
+    """``count`` symbols of a ``rans`` stream: what constriction's
     ``AnsCoder(words).decode(Categorical(freqs / 2**bits, perfect=False), count)`` returns,
     with the contract of :func:`rftpack.stages._rans_jit.decode` (``ValueError`` where
     constriction raises; ``strict`` also checks that the stream ends where the encoder began).
 
     ``words``: the stream's little-endian 32-bit words (any bytes-like object: nothing is
-    copied); ``freqs``: the table's integer frequencies over the whole alphabet.
+    copied); ``freqs``: the table's integer frequencies over the whole alphabet; ``dtype``: the
+    symbols' integer dtype, written directly (int32, or an unsigned one the alphabet fits);
+    ``lanes``: word offsets ``[0, …, len(words)]`` that split the words into independent
+    streams of the same model, symbol ``i`` decoded from lane ``i % L`` (``rans`` format
+    version 3; default: one lane).
     """
     native = _module()
     if native is None:
@@ -67,9 +72,14 @@ def rans_decode(words: np.ndarray | memoryview | bytes, freqs: np.ndarray, bits:
         if words.ndim != 1 or words.dtype.kind not in "iu" or words.dtype.itemsize != 4:
             raise ValueError("rans: words must be a 1-d array of 32-bit integers")
         words = np.ascontiguousarray(words, dtype="<u4")
-    out = np.empty(operator.index(count), np.int32)
+    bounds = np.array([0, memoryview(words).nbytes // 4] if lanes is None else lanes, np.int64)
+    dtype = np.dtype(dtype)
+    if dtype != np.int32 and (dtype.kind != "u" or dtype.itemsize > 4):
+        raise ValueError(f"rans: symbols are written as int32 or uint8/16/32, not {dtype}")
+    out = np.empty(operator.index(count), dtype)
     state, left = native.rans_decode(words, freqs.astype(np.int64, copy=False),
-                                     operator.index(bits), out.shape[0], out)
+                                     operator.index(bits), out.shape[0], out, dtype.itemsize,
+                                     bounds)
     if strict and (left or state):
         raise ValueError(f"rans: stream does not end after {count} symbols ({left} words "
                          f"unread, final state {state:#x}, expected 0)")
@@ -77,11 +87,14 @@ def rans_decode(words: np.ndarray | memoryview | bytes, freqs: np.ndarray, bits:
 
 
 def dq_replay(symbols: np.ndarray, chain: int, trans: np.ndarray, quantizer: np.ndarray,
-              parity: np.ndarray, values: np.ndarray) -> np.ndarray:
+              parity: np.ndarray, values: np.ndarray, out: np.ndarray | None = None
+              ) -> np.ndarray:
     """``dq``'s decoder replay, as :func:`rftpack.stages._dq_jit.replay_chains`: each chain of
     ``chain`` symbols starts in state 0; symbol ``s`` decodes to
     ``values[2 * s + quantizer[state]]`` and moves the state to ``trans[state, parity[s]]``.
     ``symbols``: any integer dtype; ``ValueError`` for a symbol outside ``parity``'s alphabet.
+    ``values`` float64 (the result is a new float64 array), or float32 written into ``out``
+    (a contiguous float32 array of one value per symbol).
     """
     native = _module()
     if native is None:
@@ -98,10 +111,18 @@ def dq_replay(symbols: np.ndarray, chain: int, trans: np.ndarray, quantizer: np.
     if trans.shape != (quantizer.shape[0], 2):
         raise ValueError("dq replay: transitions must be (states, 2)")
     parity = np.ascontiguousarray(parity, np.uint8)
-    values = np.ascontiguousarray(values, np.float64)
-    if values.shape != (2 * parity.shape[0],):
-        raise ValueError("dq replay: two values per symbol of the alphabet")
-    out = np.empty(symbols.shape[0], np.float64)
+    if values.dtype != np.float32:
+        values = np.ascontiguousarray(values, np.float64)
+    if values.shape != (2 * parity.shape[0],) or not values.flags.c_contiguous:
+        raise ValueError("dq replay: two values per symbol of the alphabet, contiguous")
+    if out is None:
+        if values.dtype == np.float32:
+            raise ValueError("dq replay: float32 values are written into an `out` array")
+        out = np.empty(symbols.shape[0], np.float64)
+    elif (out.dtype != values.dtype or out.shape != symbols.shape
+          or not out.flags.c_contiguous or not out.flags.writeable):
+        raise ValueError("dq replay: `out` must be a writable contiguous array of the values' "
+                         "dtype, one per symbol")
     native.dq_replay(symbols, symbols.dtype.itemsize, operator.index(chain), trans, quantizer,
-                     parity, values, out)
+                     parity, values, out, values.dtype.itemsize)
     return out

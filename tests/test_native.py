@@ -19,7 +19,7 @@ from safetensors.numpy import save_file
 
 import rftpack
 from rftpack import native
-from rftpack.stages.rans import RansCoder
+from rftpack.stages.rans import TABLE_BITS, RansCoder, read_lanes, read_table
 
 
 def test_the_extension_is_built_where_a_c_compiler_is() -> None:
@@ -88,6 +88,27 @@ def test_words_are_read_in_place_at_any_alignment() -> None:
         assert np.array_equal(coder.decode(shifted, 5000, 40), symbols)
 
 
+@pytest.mark.parametrize(("alphabet", "dtype"), [(200, np.uint8), (256, np.uint8),
+                                                 (3000, np.uint16), (65536, np.uint16),
+                                                 (3000, np.uint32), (3000, np.int32)])
+def test_symbols_are_written_in_the_dtype_asked_for(alphabet: int, dtype) -> None:
+    if not native.available():
+        pytest.skip("rftpack._native is not built here")
+    rng = np.random.default_rng(alphabet)
+    symbols = rng.integers(0, alphabet, 4000)
+    symbols[:2] = [0, alphabet - 1]
+    data = RansCoder().encode(symbols, alphabet)
+    present, table, pos = read_table(memoryview(data), alphabet)
+    freqs = np.zeros(alphabet, np.int64)
+    freqs[present] = table
+    bounds, start = read_lanes(memoryview(data), pos)
+    words = memoryview(data)[start:]
+    got = native.rans_decode(words, freqs, TABLE_BITS, 4000, dtype=dtype, lanes=bounds)
+    assert got.dtype == dtype and np.array_equal(got, symbols)
+    with pytest.raises(ValueError, match="int32 or uint"):
+        native.rans_decode(words, freqs, TABLE_BITS, 4000, dtype=np.int16, lanes=bounds)
+
+
 def test_the_extension_checks_its_buffers() -> None:
     if not native.available():
         pytest.skip("rftpack._native is not built here")
@@ -96,24 +117,33 @@ def test_the_extension_checks_its_buffers() -> None:
     freqs = np.array([1 << 23, 1 << 23], np.int64)
     words = np.array([5, 7], np.uint32)
     out = np.empty(3, np.int32)
+    _native.rans_decode(words, freqs, 24, 3, out, 4, np.array([0, 2], np.int64))
     with pytest.raises(ValueError, match="wrong size"):
-        _native.rans_decode(words, freqs, 24, 4, out)  # out holds 3 symbols, not 4
+        _native.rans_decode(words, freqs, 24, 4, out, 4, np.array([0, 2], np.int64))  # 3, not 4
     with pytest.raises(ValueError, match="wrong size"):
-        _native.rans_decode(b"\x01\x02\x03", freqs, 24, 1, out)  # not whole words
+        _native.rans_decode(words, freqs, 24, 3, out, 3, np.array([0, 2], np.int64))
+    with pytest.raises(ValueError, match="wrong size"):
+        _native.rans_decode(b"\x01\x02\x03", freqs, 24, 1, out[:1], 4, np.array([0, 0], np.int64))
+    with pytest.raises(ValueError, match="does not fit"):
+        _native.rans_decode(words, np.ones(257, np.int64), 24, 3, np.empty(3, np.uint8), 1,
+                            np.array([0, 2], np.int64))
+    for bounds in ([0, 1], [0, 3], [1, 2], [0, 2, 1, 2], [2]):  # lanes that miss the words
+        with pytest.raises(ValueError, match="wrong size|do not cover"):
+            _native.rans_decode(words, freqs, 24, 3, out, 4, np.array(bounds, np.int64))
     with pytest.raises(TypeError):
-        _native.rans_decode(words, freqs, 24, 1, b"read-only")
+        _native.rans_decode(words, freqs, 24, 1, b"read-only", 1, np.array([0, 2], np.int64))
     trans = np.array([[0, 1], [1, 0]], np.int64)
     quantizer = np.array([0, 1], np.int64)
     parity = np.array([0, 1, 0], np.uint8)
     values = np.zeros(6)
     symbols = np.array([0, 1, 2, 1], np.uint8)
     replayed = np.empty(4)
-    _native.dq_replay(symbols, 1, 2, trans, quantizer, parity, values, replayed)
+    _native.dq_replay(symbols, 1, 2, trans, quantizer, parity, values, replayed, 8)
     with pytest.raises(ValueError, match="wrong size"):
-        _native.dq_replay(symbols, 1, 2, trans, quantizer, parity, values[:5], replayed)
+        _native.dq_replay(symbols, 1, 2, trans, quantizer, parity, values[:5], replayed, 8)
     with pytest.raises(ValueError, match="leaves the trellis"):
-        _native.dq_replay(symbols, 1, 2, trans + 1, quantizer, parity, values, replayed)
+        _native.dq_replay(symbols, 1, 2, trans + 1, quantizer, parity, values, replayed, 8)
     with pytest.raises(ValueError, match="parities"):
-        _native.dq_replay(symbols, 1, 2, trans, quantizer, parity + 1, values, replayed)
+        _native.dq_replay(symbols, 1, 2, trans, quantizer, parity + 1, values, replayed, 8)
     with pytest.raises(ValueError, match="outside the alphabet"):
-        _native.dq_replay(symbols + 1, 1, 2, trans, quantizer, parity, values, replayed)
+        _native.dq_replay(symbols + 1, 1, 2, trans, quantizer, parity, values, replayed, 8)

@@ -145,6 +145,16 @@ class Quantizer(Stage):
         """Alphabet size of each stream, from the config and side info (needed to decode)."""
         raise NotImplementedError
 
+    def dequantize_into(self, streams: dict[str, np.ndarray], side: dict[str, Any], count: int,
+                        out: np.ndarray) -> bool:
+        """Optional fast path of the decoder, offered where the transform is the identity and
+        nothing refines the values: write the ``count`` values that :meth:`dequantize` returns
+        straight into ``out`` (the decoded tensor's slice, of its float dtype), cast as the
+        decoder casts them (clipped to the dtype's finite range), and return True; or write
+        nothing and return False (the default), and the decoder calls :meth:`dequantize`.
+        Return True only when every value is finite (the decoder checks the others)."""
+        return False
+
 
 @dataclass(frozen=True)
 class Coder(Stage):

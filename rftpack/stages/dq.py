@@ -313,6 +313,42 @@ def replay(k: np.ndarray, chain: int, states: int = 4) -> np.ndarray:
     return decode_symbols(symbols, alphabet, chain, states, 1.0)
 
 
+def _replay_values(alphabet: int, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """(parity of each symbol, value of (symbol s, quantizer q) at index 2s + q: Q0 2k·Δ,
+    Q1 (2k − sgn k)·Δ)."""
+    k = unzigzag(np.arange(alphabet))
+    parity = (k & 1).astype(np.uint8)
+    return parity, (np.stack([2 * k, 2 * k - np.sign(k)], axis=1) * step).reshape(-1)
+
+
+def decode_symbols_into(symbols: np.ndarray, alphabet: int, chain: int, states: int,
+                        step: float, out: np.ndarray) -> bool:
+    """:func:`decode_symbols` written straight into the float32 array ``out``, each value
+    cast (and clipped to float32's range) as the decoder casts the float64 ones, where
+    :mod:`rftpack.native` is built and every value is finite; False (nothing written)
+    otherwise. It skips the float64 copy of the tensor and the passes over it.
+
+    >>> s = zigzag(np.array([1, 2, -1, 0, 3]))
+    >>> out = np.empty(5, np.float32)
+    >>> not native.available() or (decode_symbols_into(s, 7, 5, 4, 0.5, out)
+    ...                            and out.tolist() == [1.0, 1.5, -1.0, 0.0, 3.0])
+    True
+    """
+    if not native.available() or out.dtype != np.float32:
+        return False
+    parity, values = _replay_values(alphabet, step)
+    if not np.isfinite(values).all():  # (a corrupt step): the general path says which
+        return False
+    limit = float(np.finfo(np.float32).max)
+    narrow = np.clip(values, -limit, limit).astype(np.float32)
+    trans, quantizer = _replay_tables(states)
+    try:
+        native.dq_replay(symbols, chain, trans, quantizer, parity, narrow, out=out)
+    except ValueError as exc:
+        raise FormatError(str(exc)) from exc
+    return True
+
+
 def decode_symbols(symbols: np.ndarray, alphabet: int, chain: int, states: int,
                    step: float) -> np.ndarray:
     """Decoded values of zig-zag ``symbols``: each chain of ``chain`` replays the state
@@ -330,10 +366,7 @@ def decode_symbols(symbols: np.ndarray, alphabet: int, chain: int, states: int,
     n = symbols.shape[0]
     if n == 0:
         return np.zeros(0, np.float64)
-    k = unzigzag(np.arange(alphabet))
-    parity = (k & 1).astype(np.uint8)
-    # value of (symbol s, quantizer q) at index 2s + q: Q0 2k·Δ, Q1 (2k − sgn k)·Δ
-    values = (np.stack([2 * k, 2 * k - np.sign(k)], axis=1) * step).reshape(-1)
+    parity, values = _replay_values(alphabet, step)
     if native.available():  # compiled at install time: the same values, ~8× faster
         trans, quantizer = _replay_tables(states)
         try:
@@ -456,3 +489,11 @@ class DependentQuantizer(SteppedQuantizer):
                                 self.states, step)
         multipliers = self.row_multipliers(streams, side, count)
         return values if multipliers is None else values * multipliers
+
+    def dequantize_into(self, streams: dict[str, np.ndarray], side: dict[str, Any], count: int,
+                        out: np.ndarray) -> bool:
+        if "row_length" in side:  # row steps: the float64 values are scaled first
+            return False
+        step, codes = self.checked_codes(streams, side, count)
+        return decode_symbols_into(codes, self.stream_alphabets(side)["codes"], self.chain,
+                                   self.states, step, out)

@@ -139,7 +139,7 @@ def _rans_table_v2(data: bytes, alphabet: int) -> tuple[list[int], int, int]:
     return freq, d, pos
 
 
-def rans_decode(data: bytes, count: int, alphabet: int, version: int = 2) -> np.ndarray:
+def rans_decode(data: bytes, count: int, alphabet: int, version: int = 3) -> np.ndarray:
     freq, distinct, pos = (_rans_table_v1 if version == 1 else _rans_table_v2)(data, alphabet)
     total_bits = 16 if version == 1 else 24
     if count == 0 or distinct == 0:
@@ -152,17 +152,34 @@ def rans_decode(data: bytes, count: int, alphabet: int, version: int = 2) -> np.
         cdf.append((running * ((1 << 24) - alphabet) >> total_bits) + i)
         running += freq[i]
     cdf.append(1 << 24)
+    lengths = []
+    if version >= 3:  # L lanes; the words of all but the last
+        lanes = data[pos]
+        pos += 1
+        for _ in range(lanes - 1):
+            length, pos = read_varint(data, pos)
+            lengths.append(length)
     words = np.frombuffer(data[pos:], "<u4").tolist()
-    state = words.pop()
-    while words and state < 1 << 32:
-        state = (state << 32) | words.pop()
+    starts = [0]
+    for length in lengths:
+        starts.append(starts[-1] + length)
+    lanes = [words[a:b] for a, b in zip(starts, starts[1:] + [len(words)], strict=True)]
+    states = []
+    for lane in lanes:
+        state = lane.pop() if lane else 0
+        while lane and state < 1 << 32:
+            state = (state << 32) | lane.pop()
+        states.append(state)
     out = np.empty(count, np.int64)
-    for j in range(count):
+    for j in range(count):  # symbol j from lane j mod L
+        lane = j % len(lanes)
+        state = states[lane]
         quantile = state & 0xFFFFFF
         s = bisect.bisect_right(cdf, quantile) - 1
         state = (state >> 24) * (cdf[s + 1] - cdf[s]) + quantile - cdf[s]
-        if state < 1 << 32 and words:
-            state = (state << 32) | words.pop()
+        if state < 1 << 32 and lanes[lane]:
+            state = (state << 32) | lanes[lane].pop()
+        states[lane] = state
         out[j] = s
     return out
 
@@ -582,7 +599,7 @@ def test_spec_reader_decodes_the_reference_fixture(reference_v1):
 
 def test_rans_table_formula_matches_the_coder():
     """FORMAT.md §7.1's integer table reproduces constriction's decoding on random data."""
-    from rftpack.stages.rans import RansCoder
+    from rftpack.stages.rans import RansCoder, read_table
 
     rng = np.random.default_rng(7)
     coder = RansCoder()
@@ -592,6 +609,11 @@ def test_rans_table_formula_matches_the_coder():
             symbols = rng.choice(probabilities.shape[0], size=1500, p=probabilities)
             data = coder.encode(symbols.astype(np.int64), alphabet)
             assert rans_decode(data, symbols.shape[0], alphabet).tolist() == symbols.tolist()
+    # a segment large enough for lanes (32 KiB of words or more), odd count: uneven lanes
+    symbols = rng.integers(0, 256, 40_001)
+    data = coder.encode(symbols, 256)
+    assert data[read_table(memoryview(data), 256)[2]] == 4  # the lane count
+    assert rans_decode(data, symbols.shape[0], 256).tolist() == symbols.tolist()
 
 
 def test_raw_and_zstd_layouts_match_the_coders():
@@ -628,6 +650,11 @@ def test_inverse_rft_formula():
 # FORMAT.md §13, byte for byte: (coder, format version, alphabet, symbols, segment, written
 # by today's encoder — else decode only)
 VECTORS = [
+    ("rans", 3, 4, [0, 1, 1, 3, 1], "02 00 02 01 01 1e 0e 01 8b 8a 09 1f", True),
+    ("rans", 3, 4, [0, 1, 1, 3, 1], "02 00 02 01 01 1e 0e 04 01 01 01 00 00 00 01 2d 57 5f 00 "
+     "2d 57 5f 00 67 4f c7 00", False),  # four lanes: 0 1 / 1 / 1 / 3
+    ("rans", 3, 4, [2, 2, 2], "01 02 01 00", True),
+    ("rans", 3, 4, [], "00", True),
     ("rans", 2, 4, [0, 1, 1, 3, 1], "02 00 02 01 01 1e 0e 8b 8a 09 1f", True),
     ("rans", 2, 4, [2, 2, 2], "01 02 01 00", True),
     ("rans", 2, 4, [], "00", True),
@@ -705,11 +732,11 @@ def test_newer_stage_format_version_is_refused(format_archives, tmp_path):
     assert "format version 2" in str(info.value) and "'rftpack'" in str(info.value)
 
 
-def test_new_archives_record_rans_format_version_2(format_archives):
+def test_new_archives_record_rans_format_version_3(format_archives):
     container = next(doc for name, doc in archive_documents(format_archives["dir-binary"]).items()
                      if name.startswith("tensors/") and doc["codec"]["mode"] == "hybrid")
     assert container["stages"][2]["name"] == "rans"
-    assert container["stages"][2]["format_version"] == 2
+    assert container["stages"][2]["format_version"] == 3
 
 
 def test_stage_format_version_below_1_is_refused(format_archives, tmp_path):
@@ -723,13 +750,16 @@ def test_stage_format_version_below_1_is_refused(format_archives, tmp_path):
         archive.get_tensor(name)
 
 
-def test_rans_version_1_record_reads_version_1_bytes(format_archives, tmp_path):
-    """A version 1 record makes the reader parse §7.1.1 tables: the (version 2) bytes of a
-    current archive under a version 1 record are refused or misread, never silently equal."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_rans_records_of_older_versions_read_their_own_layout(format_archives, tmp_path,
+                                                              version):
+    """A version 1 record makes the reader parse §7.1.1 tables, a version 2 one words without
+    lanes: the (version 3) bytes of a current archive under such a record are refused or
+    misread, never silently equal."""
     from rftpack.errors import RftpackError
 
     def edit(container):
-        container["stages"][2]["format_version"] = 1
+        container["stages"][2]["format_version"] = version
 
     path, name = _container_with(format_archives, tmp_path, edit)
     with rftpack.open(format_archives["dir-binary"]) as archive:

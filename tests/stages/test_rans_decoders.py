@@ -24,7 +24,7 @@ from rftpack.stages.rans import (  # noqa: E402
     read_table,
 )
 
-V2 = RansCoder()
+V2 = RansCoder().for_format_version(2)
 V1 = RansCoder().for_format_version(1)
 
 
@@ -443,3 +443,84 @@ def test_a_planned_job_chooses_its_decoder_once(monkeypatch) -> None:
     assert calls == [5_000, 5_000]
     assert np.array_equal(V2.decode(data, 5_000, 200), symbols)       # plan over: constriction
     assert calls == [5_000, 5_000]
+
+
+# -- lanes (format version 3) ---------------------------------------------------------------------
+
+V3 = RansCoder()
+
+
+def fallback_decode(monkeypatch, data: bytes, count: int, alphabet: int, jit: bool):
+    """``V3.decode`` without the C extension: lane by lane with numba's decoder (``jit``) or
+    constriction's."""
+    import sys
+
+    from rftpack.stages import rans
+
+    with monkeypatch.context() as patch:
+        patch.setattr(native, "available", lambda: False)
+        if jit:
+            pytest.importorskip("numba")
+            patch.setitem(sys.modules, "numba", sys.modules.get("numba") or object())
+        else:
+            patch.setattr(rans, "_decoder_for", lambda count: None)
+        return V3.decode(data, count, alphabet)
+
+
+@pytest.mark.parametrize(("alphabet", "kind", "count"),
+                         [(256, "flat", 40_001), (256, "flat", 40_003), (4096, "skewed", 90_000),
+                          (65536, "flat", 20_001), (3, "dominant", 400_000)])
+def test_large_segments_are_written_in_lanes_and_every_decoder_reads_them(
+        monkeypatch, alphabet: int, kind: str, count: int) -> None:
+    from rftpack.stages.rans import LANES, LANES_FROM_BYTES, read_lanes
+
+    rng = np.random.default_rng([alphabet, count])
+    symbols = draw_symbols(rng, alphabet, count, kind)
+    data = V3.encode(symbols, alphabet)
+    end = read_table(memoryview(data), alphabet)[2]
+    bounds, start = read_lanes(memoryview(data), end)
+    words = (len(data) - start) // 4
+    assert bounds.shape[0] - 1 == (LANES if 4 * words >= LANES_FROM_BYTES * 0.98 else 1)
+    for decoded in (V3.decode(data, count, alphabet),
+                    fallback_decode(monkeypatch, data, count, alphabet, jit=True),
+                    fallback_decode(monkeypatch, data, count, alphabet, jit=False)):
+        np.testing.assert_array_equal(decoded, symbols)
+    # the lanes cost next to nothing against one stream
+    assert len(data) - len(V2.encode(symbols, alphabet)) <= 12 * (LANES - 1) + 1
+
+
+def test_small_segments_have_one_lane() -> None:
+    from rftpack.stages.rans import read_lanes
+
+    symbols = draw_symbols(np.random.default_rng(2), 64, 3000, "skewed")
+    data = V3.encode(symbols, 64)
+    end = read_table(memoryview(data), 64)[2]
+    assert read_lanes(memoryview(data), end)[0].tolist() == [0, (len(data) - end - 1) // 4]
+    assert data[:end] + data[end + 1:] == V2.encode(symbols, 64)  # v2 plus a lane count
+
+
+@pytest.mark.parametrize("jit", [None, True, False], ids=["native", "numba", "constriction"])
+def test_corrupt_lane_headers_are_format_errors(monkeypatch, jit) -> None:
+    from rftpack.stages._varint import write_varint
+
+    symbols = draw_symbols(np.random.default_rng(3), 256, 50_000, "flat")
+    data = V3.encode(symbols, 256)
+    end = read_table(memoryview(data), 256)[2]
+    assert data[end] == 4
+    words = data[end + 1:]
+    lengths = bytearray()
+    for n in (10**6, 0, 0):  # lane 0 claims more words than there are
+        write_varint(n, lengths)
+    corrupt = [data[:end],  # no lane count
+               data[:end] + bytes([0]) + words,  # no lanes
+               data[:end] + bytes([4]) + bytes(lengths) + words,
+               data[:end + 1] + words[:2],  # the lengths cut short
+               data[:-1]]  # not whole words
+    if jit is None and not native.available():
+        pytest.skip("rftpack._native is not built here")
+    for blob in corrupt:
+        with pytest.raises(FormatError):
+            if jit is None:
+                V3.decode(blob, 50_000, 256)
+            else:
+                fallback_decode(monkeypatch, blob, 50_000, 256, jit)

@@ -28,7 +28,7 @@ from rftpack.stages.rans import (
     write_table,
 )
 
-V2 = RansCoder()
+V2 = RansCoder().for_format_version(2)
 V1 = RansCoder().for_format_version(1)
 HOSTILE_ALPHABETS = [2, 64, 65536]
 
