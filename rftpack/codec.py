@@ -20,10 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
-from rftpack.dtypes import LOSSY_CAPABLE, dtype_from_name, dtype_name, to_little_endian
+from rftpack.dtypes import (
+    LOSSY_CAPABLE,
+    cast_float_into,
+    dtype_from_name,
+    dtype_name,
+    to_little_endian,
+)
 from rftpack.errors import FormatError, StageError
 from rftpack.plugins import provider_of, stage_from_config
 from rftpack.rounding import round_mantissa
@@ -497,7 +502,7 @@ def decode_container(container: dict[str, Any], read_segment: Callable[[dict[str
             if not np.isfinite(x).all():  # stored non-finite values come back separately
                 raise FormatError("decoded weights are not finite: the block's side info or "
                                   "stage parameters are corrupt")
-            _cast_float_into(x, target)
+            cast_float_into(x, target)
         start += count
     nonfinite = (container.get("payload") or {}).get("nonfinite")
     if nonfinite:
@@ -590,16 +595,6 @@ def _decode_lossy_block(block, count, pipeline: LossyPipeline, read_segment,
         return None
     coefficients = pipeline.quantizer.dequantize(streams, side, coefficients_count, corrector)
     return pipeline.transform.inverse(coefficients, count)
-
-
-def _cast_float_into(x: np.ndarray, target: np.ndarray) -> None:
-    """``target[...] = x`` cast to its float dtype, in one pass. Reconstruction error must not
-    overflow a narrow float into ±inf: values are clipped to its finite range."""
-    if target.dtype == np.float64:
-        target[...] = x
-        return
-    limit = float(ml_dtypes.finfo(target.dtype).max)
-    np.clip(x, -limit, limit, out=target, casting="unsafe")
 
 
 def _restore_nonfinite(out: np.ndarray, record: dict[str, Any], dtype: np.dtype,

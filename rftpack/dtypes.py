@@ -62,3 +62,19 @@ def to_little_endian(array: np.ndarray) -> np.ndarray:
     if order == ">" or (order == "=" and sys.byteorder == "big"):
         return array.astype(array.dtype.newbyteorder("<"))
     return array
+
+
+def cast_float_into(x: np.ndarray, target: np.ndarray) -> None:
+    """``target[...] = x`` cast to its float dtype, in one pass. Reconstruction error must not
+    overflow a narrow float into ±inf: values are clipped to its finite range.
+
+    >>> out = np.empty(2, np.float16)
+    >>> cast_float_into(np.array([1.5, 1e6]), out)
+    >>> out.tolist()
+    [1.5, 65504.0]
+    """
+    if target.dtype == np.float64:
+        target[...] = x
+        return
+    limit = float(ml_dtypes.finfo(target.dtype).max)
+    np.clip(x, -limit, limit, out=target, casting="unsafe")

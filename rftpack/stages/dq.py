@@ -33,7 +33,14 @@ import numpy as np
 from rftpack import native, parallel
 from rftpack.errors import FormatError, StageError
 from rftpack.stages.base import Codes
-from rftpack.stages.scalar import MAX_CODE, RowSteps, SteppedQuantizer, unzigzag, zigzag
+from rftpack.stages.scalar import (
+    MAX_CODE,
+    RowSteps,
+    SteppedQuantizer,
+    narrowed,
+    unzigzag,
+    zigzag,
+)
 
 #: state transitions [state][parity] and each state's quantizer, per number of states
 TRANS = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int16)
@@ -337,10 +344,9 @@ def decode_symbols_into(symbols: np.ndarray, alphabet: int, chain: int, states: 
     if not native.available() or out.dtype != np.float32:
         return False
     parity, values = _replay_values(alphabet, step)
-    if not np.isfinite(values).all():  # (a corrupt step): the general path says which
+    narrow = narrowed(values, out.dtype)
+    if narrow is None:  # (a corrupt step): the general path says which value
         return False
-    limit = float(np.finfo(np.float32).max)
-    narrow = np.clip(values, -limit, limit).astype(np.float32)
     trans, quantizer = _replay_tables(states)
     try:
         native.dq_replay(symbols, chain, trans, quantizer, parity, narrow, out=out)

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from rftpack.dtypes import cast_float_into
 from rftpack.errors import FormatError, StageError
 from rftpack.stages import rowclasses
 from rftpack.stages.base import Codes, Quantizer
@@ -238,6 +239,21 @@ class SteppedQuantizer(Quantizer):
         return float(step), codes
 
 
+def narrowed(table: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
+    """A table of reconstruction values cast to the tensor's float ``dtype`` as the decoder
+    casts decoded values (:func:`rftpack.dtypes.cast_float_into`), or None when one of them
+    is not finite (the decoder's general path reports it, if a code uses it).
+
+    >>> narrowed(np.array([0.5, 1e300]), np.dtype(np.float32)).tolist()
+    [0.5, 3.4028234663852886e+38]
+    """
+    if not np.isfinite(table).all():
+        return None
+    narrow = np.empty(table.shape, dtype)
+    cast_float_into(table, narrow)
+    return narrow
+
+
 def _class_stream(c: int) -> str:
     """The stream of row class ``c``'s codes: ``codes`` for class 0, else ``codes_<c>``."""
     return "codes" if c == 0 else f"codes_{c}"
@@ -291,18 +307,31 @@ class ScalarQuantizer(SteppedQuantizer):
         side = {"step": step, "offsets": offsets, "alphabet": alphabet, **row_side, **class_side}
         return {**code_streams, **row_stream}, side
 
-    def dequantize(self, streams: dict[str, np.ndarray], side: dict[str, Any], count: int,
-                   refine: Any = None) -> np.ndarray:
+    def _table(self, side: dict[str, Any], step: float) -> np.ndarray:
+        """Every symbol's one reconstruction value: decoding is a single table lookup."""
         offsets = side.get("offsets")
         if (not isinstance(offsets, list) or len(offsets) != 2
                 or not all(isinstance(v, int | float) and abs(v) <= 0.5 for v in offsets)):
             raise FormatError("scalar: side.offsets must be two numbers in [-0.5, 0.5]")
-        step, codes = self.checked_codes(streams, side, count)
-        alphabet = self.stream_alphabets(side)["codes"]
-        # Every symbol has one reconstruction value: decode is a single table lookup.
-        q = unzigzag(np.arange(alphabet))
+        q = unzigzag(np.arange(self.stream_alphabets(side)["codes"]))
         magnitude = np.abs(q).astype(np.float64)
         shift = np.where(magnitude == 1, offsets[0], np.where(magnitude >= 2, offsets[1], 0.0))
-        table = np.sign(q) * (magnitude - shift) * step
+        return np.sign(q) * (magnitude - shift) * step
+
+    def dequantize(self, streams: dict[str, np.ndarray], side: dict[str, Any], count: int,
+                   refine: Any = None) -> np.ndarray:
+        step, codes = self.checked_codes(streams, side, count)
+        table = self._table(side, step)
         multipliers = self.row_multipliers(streams, side, count)
         return table[codes] if multipliers is None else table[codes] * multipliers
+
+    def dequantize_into(self, streams: dict[str, np.ndarray], side: dict[str, Any], count: int,
+                        out: np.ndarray) -> bool:
+        if "row_length" in side:  # row steps: the float64 values are scaled first
+            return False
+        step, codes = self.checked_codes(streams, side, count)
+        narrow = narrowed(self._table(side, step), out.dtype)
+        if narrow is None:
+            return False
+        narrow.take(codes, out=out, mode="clip")  # (codes were checked against the alphabet)
+        return True
