@@ -175,8 +175,9 @@ found:
     return symbol;
 }
 
-/* Symbol i comes from lane i mod `lanes`. Four lanes (what rftpack writes for large blocks)
- * run unrolled, so their independent steps overlap; other counts go lane by lane. */
+/* Symbol i comes from lane i mod `lanes`. One, two (what rftpack writes for large segments)
+ * and four lanes run unrolled, so the lanes' independent steps overlap; other counts go lane
+ * by lane. */
 #define DEFINE_DECODE(T)                                                              \
     static void decode_##T(Lane *lane, int lanes, const Model *m, Py_ssize_t count,  \
                            T *out) {                                                  \
@@ -190,6 +191,13 @@ found:
                 out[i + 3] = (T)next_symbol(&l3, m);                                  \
             }                                                                         \
             lane[0] = l0, lane[1] = l1, lane[2] = l2, lane[3] = l3;                   \
+        } else if (lanes == 2) {                                                      \
+            Lane l0 = lane[0], l1 = lane[1];                                          \
+            for (; i + 2 <= count; i += 2) {                                          \
+                out[i] = (T)next_symbol(&l0, m);                                      \
+                out[i + 1] = (T)next_symbol(&l1, m);                                  \
+            }                                                                         \
+            lane[0] = l0, lane[1] = l1;                                               \
         } else if (lanes == 1) {                                                      \
             Lane l0 = lane[0];                                                        \
             for (; i < count; i++) out[i] = (T)next_symbol(&l0, m);                   \

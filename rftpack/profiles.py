@@ -71,7 +71,7 @@ PROFILES: dict[str, Profile] = {
                     "worse",
         transform={"name": "identity", "configuration": {}},
         quantizer={"name": "dq", "configuration": {"rel_step": 0.06, "states": 256,
-                                                   "chain": 4096, "row_classes": 4}},
+                                                   "chain": 8192, "row_classes": 4}},
         coder={"name": "rans", "configuration": {}},
         exact_coder=_floatplanes(),
     ),

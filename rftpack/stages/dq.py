@@ -435,12 +435,13 @@ class DependentQuantizer(SteppedQuantizer):
     index_step: ClassVar[float] = 2.0
     rel_step: float = 0.06
     # The defaults are what a record without the parameter means (version 2 writers' defaults);
-    # the ``dq`` profile asks for 256 states and chains of 4096.
+    # the ``dq`` profile asks for 256 states and chains of 8192.
     #: each chain restarts in state 0. On MiniLM at 5 bpw with 64 states, 1024 gains 0.04 dB
-    #: over 256 and 4096 0.01 dB more (256 states at 4.9 / 3.4 bpw: +0.013 / +0.017 dB);
-    #: numba's search and the decoder's replay take the same time at any length, numpy's
-    #: search (without numba) about as long at 4096 as at 1024 (it keeps 64 MB of
-    #: traceback, NUMPY_TRACEBACK_ENTRIES)
+    #: over 256 and 4096 0.01 dB more (256 states at 4.9 / 3.4 bpw: +0.013 / +0.017 dB), and
+    #: 8192 +0.002 dB more at every rate, for 5 % more encode time (a 384 × 384 matrix has
+    #: 18 chains for the search's 32 lanes); the decoder's replay takes the same time at any
+    #: length, numpy's search (without numba) about as long at 4096 as at 1024 (it keeps
+    #: 64 MB of traceback, NUMPY_TRACEBACK_ENTRIES)
     chain: int = 256
     lam: float = 0.25
     states: int = 8

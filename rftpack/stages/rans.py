@@ -7,8 +7,8 @@ Segment layout, format version 3 (little-endian; FORMAT.md §7.1):
     ⌈d/2⌉   4-bit codes u_i, low nibble first, one per present symbol (d = Σ lengths)
     e ×     byte, one per u_i = 15; after them, a uint16 per such byte equal to 255
     rest    absent when d ≤ 1; else: byte L (lanes), L − 1 varints (the words of lanes
-            0 … L − 2), then each lane's constriction AnsCoder words (uint32 LE) in turn;
-            symbol i is lane i mod L's
+            0 … L − 2, as zigzagged differences from ⌊W / L⌋), then each lane's
+            constriction AnsCoder words (uint32 LE) in turn; symbol i is lane i mod L's
 
 The codes give each present symbol's level L_i ≈ −8·log2 p_i (eighths of a bit, 0 … 192) as
 zigzagged differences from the previous level (the first from 0): z = u, or 15 + byte, or
@@ -18,10 +18,10 @@ decoder rebuilds the encoder's model exactly. Against version 1 (each present sy
 probabilities finer: on MiniLM's scalar codes the coder's overhead over the codes' entropy
 falls from 0.0066 to 0.0024 bit per weight at 5 bpw and from 0.038 to 0.012 at 8 bpw.
 Version 2 segments (one stream, no lane byte) and version 1 segments (FORMAT.md §7.1.1) are
-still read. Lanes (version 3) let a decoder step four independent streams side by side.
+still read. Lanes (version 3) let a decoder step independent streams side by side.
 
-Decoding is :mod:`rftpack.native`'s compiled loop where it is built (about 8× faster than
-constriction on four lanes), else, lane by lane, constriction's, or — once numba's start-up
+Decoding is :mod:`rftpack.native`'s compiled loop where it is built (about 7× faster than
+constriction on two lanes), else, lane by lane, constriction's, or — once numba's start-up
 has paid for itself in the process — :mod:`rftpack.stages._rans_jit`'s compiled decoder
 (:func:`_decoder_for`): the same symbols every way.
 """
@@ -293,12 +293,12 @@ def _model(freqs: np.ndarray, bits: int):
 
 
 #: lanes of a large segment (format version 3): independent streams that the compiled
-#: decoder steps side by side, ~1.9× faster than one (4.2 → 2.2 ns a symbol here); 8 is no
-#: faster than 4
-LANES = 4
+#: decoder steps side by side. Two lanes: 4.1 → 2.6 ns a symbol here; four: 2.2 ns, but each
+#: lane past the first costs ~6 bytes (its final state, its length), and on MiniLM's ``dq``
+#: archive at 4.94 bpw four lanes in every large segment cost 0.004 dB at equal rate
+LANES = 2
 #: a segment is split into lanes once its words are estimated (from the table's levels) at
-#: this many bytes or more: each lane past the first costs ~11 bytes (its final state, the
-#: varint of its length), at most 0.1 % of such a segment
+#: this many bytes or more, where a lane's ~6 bytes are at most 0.02 % of it
 LANES_FROM_BYTES = 32768
 
 
@@ -307,7 +307,7 @@ def lanes_for(counts: np.ndarray, levels: np.ndarray) -> int:
     bits) come to LANES_FROM_BYTES or more, else 1.
 
     >>> lanes_for(np.array([10**6, 10**6]), np.array([8, 8]))
-    4
+    2
     >>> lanes_for(np.array([9, 3]), np.array([3, 17]))
     1
     """
@@ -316,36 +316,42 @@ def lanes_for(counts: np.ndarray, levels: np.ndarray) -> int:
 
 
 def write_lanes(words: list[np.ndarray]) -> bytes:
-    """Format version 3's words: the lane count, each lane's length but the last's (varints),
-    then the lanes' words one after the other."""
-    head = bytearray([len(words)])
+    """Format version 3's words: the lane count L, then for each lane but the last how far its
+    word count is from ⌊W / L⌋ (a zigzagged varint: lanes of like symbols come out about as
+    long, so this is a byte or two), then the lanes' words one after the other."""
+    lanes = len(words)
+    share = sum(lane.shape[0] for lane in words) // lanes
+    head = bytearray([lanes])
     for lane in words[:-1]:
-        write_varint(lane.shape[0], head)
+        delta = lane.shape[0] - share
+        write_varint(2 * delta if delta >= 0 else -2 * delta - 1, head)
     return bytes(head) + b"".join(lane.astype("<u4").tobytes() for lane in words)
 
 
 def read_lanes(view: memoryview, pos: int) -> tuple[np.ndarray, int]:
     """(word offsets [0, …, W] of each lane, where the words begin) of a version 3 segment's
-    ``rest``; FormatError when it does not hold whole words or the lengths overrun them."""
+    ``rest``; FormatError when it does not hold whole words or the lengths do not fit them."""
     if pos >= len(view):
         raise FormatError("rans: segment ends before its lane count")
     lanes = view[pos]
     pos += 1
     if lanes < 1:
         raise FormatError("rans: a segment has at least one lane")
-    lengths = []
+    deltas = []
     for _ in range(lanes - 1):
-        length, pos = read_varint(view, pos)
-        lengths.append(length)
+        z, pos = read_varint(view, pos)
+        deltas.append(-(z + 1) // 2 if z % 2 else z // 2)
     body = len(view) - pos
     if body % 4 or not body:
         raise FormatError("rans: compressed body is not a whole (non-zero) number of 32-bit "
                           "words")
+    total = body // 4
+    lengths = [total // lanes + delta for delta in deltas]
+    if any(length < 0 for length in lengths) or sum(lengths) > total:
+        raise FormatError("rans: the lanes' lengths do not fit the segment's words")
     bounds = np.zeros(lanes + 1, np.int64)
     bounds[1:lanes] = np.cumsum(lengths, dtype=np.int64) if lengths else []
-    bounds[lanes] = body // 4
-    if bounds[lanes - 1] > bounds[lanes]:
-        raise FormatError("rans: the lanes' lengths overrun the segment's words")
+    bounds[lanes] = total
     return bounds, pos
 
 

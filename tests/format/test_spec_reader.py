@@ -152,14 +152,15 @@ def rans_decode(data: bytes, count: int, alphabet: int, version: int = 3) -> np.
         cdf.append((running * ((1 << 24) - alphabet) >> total_bits) + i)
         running += freq[i]
     cdf.append(1 << 24)
-    lengths = []
-    if version >= 3:  # L lanes; the words of all but the last
+    deltas = []
+    if version >= 3:  # L lanes; how far each but the last is from ⌊W / L⌋ words (zigzag)
         lanes = data[pos]
         pos += 1
         for _ in range(lanes - 1):
-            length, pos = read_varint(data, pos)
-            lengths.append(length)
+            z, pos = read_varint(data, pos)
+            deltas.append(z // 2 if z % 2 == 0 else -(z + 1) // 2)
     words = np.frombuffer(data[pos:], "<u4").tolist()
+    lengths = [len(words) // (len(deltas) + 1) + delta for delta in deltas]
     starts = [0]
     for length in lengths:
         starts.append(starts[-1] + length)
@@ -612,7 +613,7 @@ def test_rans_table_formula_matches_the_coder():
     # a segment large enough for lanes (32 KiB of words or more), odd count: uneven lanes
     symbols = rng.integers(0, 256, 40_001)
     data = coder.encode(symbols, 256)
-    assert data[read_table(memoryview(data), 256)[2]] == 4  # the lane count
+    assert data[read_table(memoryview(data), 256)[2]] == 2  # the lane count
     assert rans_decode(data, symbols.shape[0], 256).tolist() == symbols.tolist()
 
 
@@ -647,12 +648,15 @@ def test_inverse_rft_formula():
                                    x, atol=1e-12)
 
 
+TWO_LANES = "02 00 02 01 01 1e 0e 02 00 00 00 00 02 5b ae be 01"
+
 # FORMAT.md §13, byte for byte: (coder, format version, alphabet, symbols, segment, written
 # by today's encoder — else decode only)
 VECTORS = [
     ("rans", 3, 4, [0, 1, 1, 3, 1], "02 00 02 01 01 1e 0e 01 8b 8a 09 1f", True),
-    ("rans", 3, 4, [0, 1, 1, 3, 1], "02 00 02 01 01 1e 0e 04 01 01 01 00 00 00 01 2d 57 5f 00 "
-     "2d 57 5f 00 67 4f c7 00", False),  # four lanes: 0 1 / 1 / 1 / 3
+    ("rans", 3, 4, [0, 1, 1, 3, 1], "02 00 02 01 01 1e 0e 04 00 00 00 00 00 00 01 2d 57 5f 00 "
+     "2d 57 5f 00 67 4f c7 00", False),  # four lanes: 0 1 / 1 / 1 / 3, a word each
+    ("rans", 3, 4, [0, 1, 1, 3, 1], TWO_LANES, False),  # two lanes: 0 1 1 / 1 3
     ("rans", 3, 4, [2, 2, 2], "01 02 01 00", True),
     ("rans", 3, 4, [], "00", True),
     ("rans", 2, 4, [0, 1, 1, 3, 1], "02 00 02 01 01 1e 0e 8b 8a 09 1f", True),

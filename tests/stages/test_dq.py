@@ -282,7 +282,7 @@ def test_records_without_states_or_chain_mean_what_version_2_wrote() -> None:
     bare = DependentQuantizer.from_config({"name": "dq", "configuration": {"step": 0.1}})
     assert (bare.states, bare.chain) == (8, 256)
     profile = build_stage("quantizer", PROFILES["dq"].quantizer)
-    assert (profile.states, profile.chain) == (256, 4096)
+    assert (profile.states, profile.chain) == (256, 8192)
 
 
 @contextlib.contextmanager

@@ -501,20 +501,21 @@ def test_small_segments_have_one_lane() -> None:
 
 @pytest.mark.parametrize("jit", [None, True, False], ids=["native", "numba", "constriction"])
 def test_corrupt_lane_headers_are_format_errors(monkeypatch, jit) -> None:
-    from rftpack.stages._varint import write_varint
+    from rftpack.stages.rans import LANES, read_lanes
 
     symbols = draw_symbols(np.random.default_rng(3), 256, 50_000, "flat")
     data = V3.encode(symbols, 256)
     end = read_table(memoryview(data), 256)[2]
-    assert data[end] == 4
-    words = data[end + 1:]
-    lengths = bytearray()
-    for n in (10**6, 0, 0):  # lane 0 claims more words than there are
-        write_varint(n, lengths)
+    assert data[end] == LANES
+    words = data[read_lanes(memoryview(data), end)[1]:]
+    too_long, too_short = bytearray(), bytearray()
+    write_varint(2 * 10**6, too_long)  # lane 0: ⌊W / 2⌋ + 10**6 words, more than there are
+    write_varint(2 * 10**6 - 1, too_short)  # and −10**6
     corrupt = [data[:end],  # no lane count
                data[:end] + bytes([0]) + words,  # no lanes
-               data[:end] + bytes([4]) + bytes(lengths) + words,
-               data[:end + 1] + words[:2],  # the lengths cut short
+               data[:end] + bytes([2]) + bytes(too_long) + words,
+               data[:end] + bytes([2]) + bytes(too_short) + words,
+               data[:end + 1] + bytes([0x80]),  # the length cut short
                data[:-1]]  # not whole words
     if jit is None and not native.available():
         pytest.skip("rftpack._native is not built here")
