@@ -16,6 +16,10 @@
  *       dq's decoder replay: each chain of `chain` symbols starts in state 0; symbol s gets
  *       values[2 s + quantizer[state]] and moves the state to trans[2 state + parity[s]].
  *       Values and `out` are float64 (value_size 8) or float32 (4).
+ *   planes_assemble(a, b, rest, r, out, itemsize)
+ *       floatplanes' elements from their byte planes (FORMAT.md 7.4): the top 16 bits are
+ *       (a << 8 | b) rotated right by r, the bytes below them the `rest` planes, lowest first;
+ *       one whole little-endian element stored at a time.
  *
  * Why C and not only numba: numba's start-up (~0.75 s a process) costs more than it saves on
  * a model of MiniLM's size; this module loads in about a millisecond. Both loops release the
@@ -409,12 +413,66 @@ done:
     return result;
 }
 
+static PyObject *planes_assemble(PyObject *self, PyObject *args) {
+    Py_buffer a, b, out, plane[6];
+    PyObject *rest;
+    int r, itemsize, planes = 0;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*O!iw*i", &a, &b, &PyTuple_Type, &rest, &r, &out, &itemsize))
+        return NULL;
+    PyObject *result = NULL;
+    const Py_ssize_t n = a.len;
+    const Py_ssize_t want = itemsize == 2 || itemsize == 4 || itemsize == 8 ? itemsize - 2 : -1;
+    if (want < 0 || PyTuple_GET_SIZE(rest) != want || b.len != n || r < 0 || r > 15 ||
+        out.len != n * itemsize) {
+        PyErr_SetString(PyExc_ValueError, "planes_assemble: buffers of the wrong size");
+        goto done;
+    }
+    for (; planes < want; planes++) {
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(rest, planes), &plane[planes], PyBUF_SIMPLE))
+            goto done;
+        if (plane[planes].len != n) {
+            PyErr_SetString(PyExc_ValueError, "planes_assemble: buffers of the wrong size");
+            planes++;
+            goto done;
+        }
+    }
+    const uint8_t *hi = a.buf, *lo = b.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint32_t x = (uint32_t)hi[i] << 8 | lo[i];
+        const uint16_t top = (uint16_t)(r ? (x >> r) | (x << (16 - r)) : x);
+        if (itemsize == 2) {
+            ((uint16_t *)out.buf)[i] = top;
+        } else if (itemsize == 4) {
+            ((uint32_t *)out.buf)[i] = (uint32_t)top << 16 |
+                                       (uint32_t)((const uint8_t *)plane[1].buf)[i] << 8 |
+                                       ((const uint8_t *)plane[0].buf)[i];
+        } else {
+            uint64_t w = (uint64_t)top << 48;
+            for (int k = 0; k < 6; k++)
+                w |= (uint64_t)((const uint8_t *)plane[k].buf)[i] << (8 * k);
+            ((uint64_t *)out.buf)[i] = w;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    for (int k = 0; k < planes; k++) PyBuffer_Release(&plane[k]);
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&b);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"rans_decode", rans_decode, METH_VARARGS,
      "rans_decode(words, freqs, bits, count, out, itemsize, bounds) -> (states, words_left)"},
     {"dq_replay", dq_replay, METH_VARARGS,
      "dq_replay(symbols, itemsize, chain, trans, quantizer, parity, values, out, value_size)"
      " -> None"},
+    {"planes_assemble", planes_assemble, METH_VARARGS,
+     "planes_assemble(a, b, rest, r, out, itemsize) -> None"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -126,3 +126,22 @@ def dq_replay(symbols: np.ndarray, chain: int, trans: np.ndarray, quantizer: np.
     native.dq_replay(symbols, symbols.dtype.itemsize, operator.index(chain), trans, quantizer,
                      parity, values, out, values.dtype.itemsize)
     return out
+
+
+def planes_assemble(a: np.ndarray, b: np.ndarray, rest: list[np.ndarray], r: int,
+                    out: np.ndarray) -> None:
+    """Write ``floatplanes``' elements into ``out`` (contiguous unsigned integers of 2, 4 or 8
+    bytes) from their byte planes (FORMAT.md §7.4): the top 16 bits are ``a << 8 | b``
+    rotated right by ``r``, the bytes below them the ``rest`` planes, lowest byte first.
+
+    >>> out = np.empty(1, np.uint32)
+    >>> planes = [np.array([v], np.uint8) for v in (0x3f, 0x80, 0x01, 0x02)]
+    >>> not available() or (planes_assemble(*planes[:2], planes[2:], 0, out), hex(out[0]))[1]
+    '0x3f800201'
+    """
+    native = _module()
+    if native is None:
+        raise RuntimeError("rftpack._native is not available")
+    if out.dtype.kind != "u" or out.ndim != 1 or not out.flags.c_contiguous:
+        raise ValueError("planes_assemble: out must be a contiguous 1-d unsigned array")
+    native.planes_assemble(a, b, tuple(rest), operator.index(r), out, out.dtype.itemsize)

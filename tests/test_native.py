@@ -147,3 +147,26 @@ def test_the_extension_checks_its_buffers() -> None:
         _native.dq_replay(symbols, 1, 2, trans, quantizer, parity + 1, values, replayed, 8)
     with pytest.raises(ValueError, match="outside the alphabet"):
         _native.dq_replay(symbols + 1, 1, 2, trans, quantizer, parity, values, replayed, 8)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, "bfloat16"])
+@pytest.mark.parametrize("fast_decode", [True, False])  # rotation 1, or 2 … 5
+def test_float_planes_assemble_to_the_same_bytes_as_numpy(monkeypatch, dtype,
+                                                          fast_decode: bool) -> None:
+    import ml_dtypes
+
+    from rftpack.stages.floatplanes import CHUNK, FLOAT_PLANES, FloatPlanesCoder
+
+    if not native.available():
+        pytest.skip("rftpack._native is not built here")
+    dtype = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    rng = np.random.default_rng(dtype.itemsize)
+    x = (rng.laplace(0, 0.03, 2 * CHUNK + 77) * rng.choice([1, 1e-3, 40], 2 * CHUNK + 77))
+    x = x.astype(dtype)
+    coder = FloatPlanesCoder(fast_decode=fast_decode)
+    data = coder.encode_elements(x)
+    assert data[0] == FLOAT_PLANES  # (not the shuffled-zstd layout)
+    compiled = coder.decode_elements(data, x.shape[0], dtype)
+    monkeypatch.setattr(native, "available", lambda: False)
+    plain = coder.decode_elements(data, x.shape[0], dtype)
+    assert compiled.tobytes() == plain.tobytes() == x.tobytes()
