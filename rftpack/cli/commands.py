@@ -314,6 +314,7 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                     "version": e.provider_version, "format_version": e.cls.format_version,
                     "description": e.cls.describe()} for e in entries],
         "profiles": {name: p.description for name, p in PROFILES.items()},
+        "accelerators": _accelerators(),
     }
     if _show(args):
         table = Table("kind", "id", "provider", "version", "description", title="stages")
@@ -325,7 +326,24 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         for name, description in document["profiles"].items():
             profiles.add_row(name, description)
         console.print(profiles)
+        fast = document["accelerators"]
+        native_state = "built" if fast["c_extension"] else (
+            "not available (no C compiler at install, or RFTPACK_NO_NATIVE is set): decoding "
+            "falls back to constriction, numba or numpy, to the same values")
+        numba_state = "installed" if fast["numba"] else "not installed (pip install rftpack[fast])"
+        console.print(f"compiled decoders (C extension rftpack._native): {native_state}\n"
+                      f"numba, for dq's trellis search: {numba_state}", highlight=False)
     return document
+
+
+def _accelerators() -> dict[str, bool]:
+    """Which optional compiled code this installation has (the same archives either way)."""
+    import importlib.util
+
+    from rftpack import native
+
+    return {"c_extension": native.available(),
+            "numba": importlib.util.find_spec("numba") is not None}
 
 
 # -- bench ----------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ and in-process, on a small mixed-dtype model made here."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -175,6 +176,21 @@ def test_plugins_lists_builtin_stages() -> None:
     ids = {(s["kind"], s["id"]) for s in json.loads(done.stdout)["stages"]}
     assert {("transform", "rft"), ("quantizer", "polar"), ("coder", "rans"),
             ("predictor", "mlp")} <= ids
+
+
+def test_plugins_says_which_compiled_code_is_there() -> None:
+    from rftpack import native
+
+    fast = json.loads(run_cli("plugins", "--json").stdout)["accelerators"]
+    assert fast["c_extension"] is native.available()
+    assert set(fast) == {"c_extension", "numba"}
+    done = run_cli("plugins")  # (human output goes to stderr; stdout is for --json)
+    assert "compiled decoders" in done.stderr
+    assert ("built" if native.available() else "not available") in done.stderr
+    off = subprocess.run([sys.executable, "-m", "rftpack", "plugins", "--json"],
+                         capture_output=True, text=True,
+                         env={**os.environ, "RFTPACK_NO_NATIVE": "1"})
+    assert json.loads(off.stdout)["accelerators"]["c_extension"] is False
 
 
 def test_help_teaches() -> None:
