@@ -38,6 +38,13 @@ def _module() -> ModuleType | None:
     return _native
 
 
+def _required() -> ModuleType:
+    native = _module()
+    if native is None:
+        raise RuntimeError("rftpack._native is not available (see rftpack.native.available)")
+    return native
+
+
 def available() -> bool:
     """True when the compiled loops are built and not switched off (``RFTPACK_NO_NATIVE``).
 
@@ -62,9 +69,7 @@ def rans_decode(words: np.ndarray | memoryview | bytes, freqs: np.ndarray, bits:
     streams of the same model, symbol ``i`` decoded from lane ``i % L`` (``rans`` format
     version 3; default: one lane).
     """
-    native = _module()
-    if native is None:
-        raise RuntimeError("rftpack._native is not available")
+    native = _required()
     freqs = np.ascontiguousarray(freqs)
     if freqs.ndim != 1 or freqs.dtype.kind not in "iu":
         raise ValueError("rans: frequencies must be a 1-d integer array")
@@ -96,9 +101,7 @@ def dq_replay(symbols: np.ndarray, chain: int, trans: np.ndarray, quantizer: np.
     ``values`` float64 (the result is a new float64 array), or float32 written into ``out``
     (a contiguous float32 array of one value per symbol).
     """
-    native = _module()
-    if native is None:
-        raise RuntimeError("rftpack._native is not available")
+    native = _required()
     symbols = np.ascontiguousarray(symbols)
     if symbols.ndim != 1 or symbols.dtype.kind not in "iu":
         raise ValueError("dq replay: symbols must be a 1-d integer array")
@@ -139,9 +142,7 @@ def planes_assemble(a: np.ndarray, b: np.ndarray, rest: list[np.ndarray], r: int
     >>> not available() or (planes_assemble(*planes[:2], planes[2:], 0, out), hex(out[0]))[1]
     '0x3f800201'
     """
-    native = _module()
-    if native is None:
-        raise RuntimeError("rftpack._native is not available")
+    native = _required()
     if out.dtype.kind != "u" or out.ndim != 1 or not out.flags.c_contiguous:
         raise ValueError("planes_assemble: out must be a contiguous 1-d unsigned array")
     native.planes_assemble(a, b, tuple(rest), operator.index(r), out, out.dtype.itemsize)
