@@ -372,6 +372,11 @@ class RansCoder(Coder):
     #: no lanes, 3 (the default) has them
     version: int = field(default=3, repr=False)
 
+    def __post_init__(self) -> None:
+        if type(self.version) is not int or not 1 <= self.version <= self.format_version:
+            raise StageError(f"rans: format version {self.version!r} is not 1 … "
+                             f"{self.format_version}")
+
     def to_config(self) -> dict:
         return {"name": self.id, "configuration": {}}
 

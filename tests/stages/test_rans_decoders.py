@@ -525,3 +525,12 @@ def test_corrupt_lane_headers_are_format_errors(monkeypatch, jit) -> None:
                 V3.decode(blob, 50_000, 256)
             else:
                 fallback_decode(monkeypatch, blob, 50_000, 256, jit)
+
+
+@pytest.mark.parametrize("version", [0, 4, "3", True])
+def test_layouts_other_than_versions_1_to_3_are_refused(version) -> None:
+    from rftpack.errors import StageError
+
+    with pytest.raises(StageError, match="format version"):
+        RansCoder(version=version)
+    assert V2.record_format_version() == 2 and V3.record_format_version() == 3
