@@ -189,20 +189,21 @@ def _compiled(name: str) -> Callable[..., np.ndarray] | None:
 def viterbi(scaled: np.ndarray, lam: float, rates: np.ndarray, chain: int,
             states: int = 4) -> np.ndarray:
     """Indices k minimising Σ (x/Δ − level)² + lam·bits(k), per chain; ``scaled`` = x / Δ.
-    Compiled with numba when it is installed, else vectorised over chains in numpy: the
-    same indices either way."""
+    In the C extension where it is built (:func:`rftpack.native.dq_viterbi`), else compiled
+    with numba when it is installed, else vectorised over chains in numpy: the same indices
+    every way."""
     n = scaled.shape[0]
+    rates = np.ascontiguousarray(rates, np.float64)
+    if native.available() and n:
+        try:
+            return _search_split(native.dq_viterbi, native.viterbi_lanes(), scaled, lam,
+                                 rates, chain, states)
+        except ValueError:  # a weight beyond what the C search takes: numba or numpy's
+            pass
     compiled = _compiled("viterbi_chains")
-    if compiled is not None:  # groups of chains, on several threads when allowed
-        padded = _padded(scaled, chain, np.float64)
-        rates = np.ascontiguousarray(rates, np.float64)
-        from rftpack.stages._dq_jit import LANES as lanes  # whole groups of lanes per part
-        groups = max(1, min(parallel.threads(), padded.shape[0] // lanes))
-        cuts = [lanes * (padded.shape[0] // lanes * i // groups) for i in range(groups)]
-        parts = [padded[a:b] for a, b in zip(cuts, cuts[1:] + [padded.shape[0]], strict=True)]
-        k = parallel.run_split(lambda part: compiled(part, float(lam), rates, EDGES[states]),
-                               parts)
-        return np.concatenate(k).reshape(-1)[:n]
+    if compiled is not None:
+        from rftpack.stages._dq_jit import LANES
+        return _search_split(compiled, LANES, scaled, lam, rates, chain, states)
     xs = _chains(scaled, chain)
     # Bounded memory: the traceback tables hold chain × states entries per chain.
     group = max(1, NUMPY_TRACEBACK_ENTRIES // (chain * states))
@@ -210,6 +211,18 @@ def viterbi(scaled: np.ndarray, lam: float, rates: np.ndarray, chain: int,
                           for c in range(0, xs.shape[1], group)], axis=1) if xs.size else \
         np.zeros(xs.shape, np.int64)
     return out.T.reshape(-1)[:n]
+
+
+def _search_split(search: Callable[..., np.ndarray], lanes: int, scaled: np.ndarray,
+                  lam: float, rates: np.ndarray, chain: int, states: int) -> np.ndarray:
+    """A compiled ``search(chains, lam, rates, edges)`` over the chains of ``scaled``, in
+    parts of whole groups of ``lanes`` chains, on several threads when allowed."""
+    padded = _padded(scaled, chain, np.float64)
+    groups = max(1, min(parallel.threads(), padded.shape[0] // lanes))
+    cuts = [lanes * (padded.shape[0] // lanes * i // groups) for i in range(groups)]
+    parts = [padded[a:b] for a, b in zip(cuts, cuts[1:] + [padded.shape[0]], strict=True)]
+    k = parallel.run_split(lambda part: search(part, float(lam), rates, EDGES[states]), parts)
+    return np.concatenate(k).reshape(-1)[:scaled.shape[0]]
 
 
 #: traceback entries (states × steps × chains) the numpy search keeps at once (~1 byte each)

@@ -185,8 +185,9 @@ def test_plugins_says_which_compiled_code_is_there() -> None:
     assert fast["c_extension"] is native.available()
     assert set(fast) == {"c_extension", "numba"}
     done = run_cli("plugins")  # (human output goes to stderr; stdout is for --json)
-    assert "compiled decoders" in done.stderr
-    assert ("built" if native.available() else "not available") in done.stderr
+    said = " ".join(done.stderr.split())  # (as wrapped to the terminal's width)
+    assert "compiled decoders and dq's trellis search" in said
+    assert ("rftpack._native): built" if native.available() else "not available") in said
     off = subprocess.run([sys.executable, "-m", "rftpack", "plugins", "--json"],
                          capture_output=True, text=True,
                          env={**os.environ, "RFTPACK_NO_NATIVE": "1"})
@@ -218,23 +219,32 @@ def test_demo_on_a_given_model(model_file, tmp_path: Path) -> None:
     assert (tmp_path / "model.rftp").is_file() and (tmp_path / "restored.safetensors").is_file()
 
 
+@pytest.mark.parametrize("native_built", [False, True])
 @pytest.mark.parametrize("profile", ["dq", "scalar"])
-def test_compress_says_how_to_speed_up_dq_without_numba(model_file, tmp_path, capsys,
-                                                        monkeypatch, profile) -> None:
+def test_compress_says_how_to_speed_up_dq_without_compiled_search(
+        model_file, tmp_path, capsys, monkeypatch, profile, native_built) -> None:
+    """Neither the C extension nor numba: dq's search runs in numpy, and compress says so."""
     import importlib.util
 
+    from rftpack import native
+
+    if native_built and not native.available():
+        pytest.skip("rftpack._native is not built here")
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "numba" else real(name, *a))
+    monkeypatch.setattr(native, "available", lambda: native_built)
+    monkeypatch.setenv("RFTPACK_NO_JIT", "1")  # (numba is installed here: keep it out)
     path, _ = model_file
     assert main(["compress", str(path), "-o", str(tmp_path / "a.rftp"), "--profile", profile,
                  "--bpw", "4"]) == 0
     captured = capsys.readouterr()
-    assert ("numba is not installed" in captured.err + captured.out) == (profile == "dq")
+    hinted = "searches in numpy" in captured.err + captured.out
+    assert hinted == (profile == "dq" and not native_built)
     assert main(["compress", str(path), "-o", str(tmp_path / "b.rftp"), "--profile", profile,
                  "--bpw", "4", "--quiet"]) == 0
     captured = capsys.readouterr()
-    assert "numba" not in captured.err + captured.out
+    assert "numpy" not in captured.err + captured.out
 
 
 def test_set_passes_quantizer_parameters(model_file, tmp_path: Path, capsys) -> None:

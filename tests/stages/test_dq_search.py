@@ -1,0 +1,183 @@
+"""``dq``'s encoder search in C (:func:`rftpack.native.dq_viterbi`) and in numba finds
+exactly the indices numpy's finds, so an archive does not depend on what the encoder had
+built or installed; decoding never loads numba, nor does encoding where the C search is
+there."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.numpy import save_file
+
+import rftpack
+from rftpack import native, parallel
+from rftpack.stages import dq
+
+COMPILED = ["numba", "native"]
+
+
+@contextlib.contextmanager
+def searching_with(path: str) -> Iterator[None]:
+    """Within the block, dq searches in numpy, numba or C (the test is skipped where that
+    one is not there)."""
+    if path == "native" and not native.available():
+        pytest.skip("rftpack._native is not built here (tests/test_native.py says why)")
+    if path == "numba":
+        pytest.importorskip("numba")
+        if dq._compiled("viterbi_chains") is None:
+            pytest.skip("RFTPACK_NO_JIT is set, or numba cannot compile here")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        if path != "native":
+            monkeypatch.setattr(native, "available", lambda: False)
+        if path == "numpy":
+            monkeypatch.setenv("RFTPACK_NO_JIT", "1")
+        yield
+
+
+@st.composite
+def scaled_weights(draw):
+    n = draw(st.integers(0, 3000))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.laplace(0, draw(st.sampled_from([0.2, 1.0, 4.0, 50.0, 2000.0])), n)
+    kind = draw(st.sampled_from(["plain", "half-steps", "zeros", "odd-levels"]))
+    if kind == "half-steps":  # exact ties between neighbouring levels
+        x = np.round(x * 2) / 2
+    elif kind == "zeros":
+        x[: n // 2] = 0.0
+    elif kind == "odd-levels":  # exactly on Q1's levels ±1, ±3 …
+        x = 2 * np.floor(x / 2) + 1
+    return x
+
+
+@pytest.mark.parametrize("path", COMPILED)
+@settings(max_examples=80, deadline=None)
+@given(x=scaled_weights(), lam=st.sampled_from([0.0, 0.1, 0.25, 2.0]),
+       chain=st.sampled_from([1, 2, 7, 64, 300]), states=st.sampled_from(sorted(dq.TRELLISES)))
+def test_compiled_search_finds_the_same_indices(path, x, lam, chain, states) -> None:
+    rates = dq._rate_table(x) if x.size else np.zeros(2)
+    with searching_with("numpy"):
+        plain = dq.viterbi(x, lam, rates, chain, states)
+    with searching_with(path):
+        np.testing.assert_array_equal(dq.viterbi(x, lam, rates, chain, states), plain)
+
+
+@pytest.mark.parametrize("path", COMPILED)
+def test_long_chains_on_several_threads_find_the_same_indices(path: str) -> None:
+    """Many lane groups, split over threads, chains of the profile's length."""
+    x = np.random.default_rng(8).laplace(0, 3, 70 * 8192 + 11)
+    rates = dq._rate_table(x)
+    with searching_with("numpy"):
+        plain = dq.viterbi(x, 0.25, rates, 8192, 16)
+    with searching_with(path), parallel.limited_to(2):
+        np.testing.assert_array_equal(dq.viterbi(x, 0.25, rates, 8192, 16), plain)
+
+
+def test_the_c_search_hands_weights_it_does_not_take_to_the_others() -> None:
+    """Beyond 10⁹ steps (or not finite) the C search refuses; numba or numpy search instead."""
+    if not native.available():
+        pytest.skip("rftpack._native is not built here")
+    x = np.array([0.3, 2e9, -1.4, 5.0])
+    rates = np.array([1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="not finite or too large"):
+        native.dq_viterbi(x[None, :], 0.25, rates, dq.EDGES[4])
+    with searching_with("numpy"):
+        plain = dq.viterbi(x, 0.25, rates, 4, 4)
+    np.testing.assert_array_equal(dq.viterbi(x, 0.25, rates, 4, 4), plain)
+
+
+@pytest.mark.parametrize("bad", ["edges", "rates", "lam"])
+def test_the_c_search_refuses_malformed_tables(bad: str) -> None:
+    if not native.available():
+        pytest.skip("rftpack._native is not built here")
+    xs = np.zeros((1, 4))
+    edges, rates, lam = dq.EDGES[4].copy(), np.ones(3), 0.25
+    if bad == "edges":
+        edges[2, 0] = 4  # a state outside the trellis
+        match = "leaves the trellis"
+    elif bad == "rates":
+        rates = np.ones(0)
+        match = "rates"
+    else:
+        lam = float("nan")
+        match = "lam must be finite"
+    with pytest.raises(ValueError, match=match):
+        native.dq_viterbi(xs, lam, rates, edges)
+
+
+def test_archives_are_byte_identical_whichever_search_ran(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    model = tmp_path / "m.safetensors"
+    save_file({"a.weight": (rng.standard_t(4, (300, 200)) * 0.02).astype(np.float32),
+               "b.weight": (rng.normal(size=(64, 1000)) * 0.05).astype(np.float32)}, str(model))
+    archives = {}
+    for path in ["numpy", *COMPILED]:
+        with contextlib.suppress(pytest.skip.Exception), searching_with(path):
+            out = tmp_path / path
+            rftpack.compress(model, out, profile="dq", target_bpw=4.0, layout="directory")
+            archives[path] = {p.name: p.read_bytes() for p in (out / "tensors").glob("*.bin")}
+    assert archives["numpy"] and len(archives) > 1
+    for path, files in archives.items():
+        assert files == archives["numpy"], path
+
+
+def test_numba_loads_only_when_dq_encodes_without_the_c_search(tmp_path: Path) -> None:
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(4)
+    model = tmp_path / "m.safetensors"
+    save_file({"w": rng.normal(size=(128, 128)).astype(np.float32)}, str(model))
+    rftpack.compress(model, tmp_path / "a.rftp", profile="dq", target_bpw=4.0)
+    code = ("import sys, rftpack; assert 'numba' not in sys.modules; "
+            f"a = rftpack.open({str(tmp_path / 'a.rftp')!r}); a.get_tensor('w'); "
+            "assert 'numba' not in sys.modules, 'decoding loaded numba'; "
+            "from rftpack.stages.dq import DependentQuantizer; import numpy as np; "
+            "DependentQuantizer(step=0.1).quantize(np.ones(10), []); "
+            "print('numba' in sys.modules)")
+    for no_native in ("", "1"):
+        env = {**os.environ, "RFTPACK_NO_NATIVE": no_native}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, env=env)
+        built = importlib.util.find_spec("rftpack._native") is not None
+        searched_in_c = built and not no_native
+        # loaded when dq first encodes, unless the C search is there
+        assert out.stdout.strip() == str(not searched_in_c)
+
+
+def test_the_c_search_is_the_one_used_where_it_is_built(monkeypatch) -> None:
+    if not native.available():
+        pytest.skip("rftpack._native is not built here")
+    calls = []
+    real = native.dq_viterbi
+    monkeypatch.setattr(native, "dq_viterbi", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(dq, "_compiled", lambda name: pytest.fail("numba searched"))
+    x = np.random.default_rng(5).laplace(0, 3, 1000)
+    dq.viterbi(x, 0.25, dq._rate_table(x), 256, 8)
+    assert calls
+
+
+def test_numbas_search_is_the_one_used_where_installed() -> None:
+    pytest.importorskip("numba")
+    assert dq._compiled("viterbi_chains") is not None
+
+
+def test_a_numba_that_cannot_load_falls_back_to_numpy(monkeypatch) -> None:
+    """E.g. a read-only install where numba finds nowhere to cache: dq still encodes."""
+    pytest.importorskip("numba")
+    x = np.random.default_rng(6).laplace(0, 3, 5000)
+    expected = dq.viterbi(x, 0.25, dq._rate_table(x), 256, 8)
+    import rftpack.stages
+
+    monkeypatch.setattr(native, "available", lambda: False)
+    monkeypatch.setitem(sys.modules, "rftpack.stages._dq_jit", None)  # import fails
+    monkeypatch.delattr(rftpack.stages, "_dq_jit", raising=False)
+    assert dq._compiled("viterbi_chains") is None
+    np.testing.assert_array_equal(dq.viterbi(x, 0.25, dq._rate_table(x), 256, 8), expected)
