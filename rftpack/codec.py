@@ -290,7 +290,8 @@ def encode_lossy(name: str, array: np.ndarray, pipeline: LossyPipeline,
                              f"returned a reconstruction of shape {rebuilt.shape} with non-finite "
                              f"values or the wrong length (expected {x.shape})")
         signal += float(np.dot(x, x))
-        error += float(np.dot(x - rebuilt, x - rebuilt))
+        difference = x - rebuilt  # (once: a block's transient memory is rate control's peak)
+        error += float(np.dot(difference, difference))
         kept_total += int(side.get("kept", count)) if isinstance(side.get("kept"), int) else count
         coeff_total += count
     container = _base_container(name, array)

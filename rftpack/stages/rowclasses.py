@@ -41,20 +41,30 @@ ESTIMATE_ALPHABET = 4096
 SEGMENT_BYTES = 26
 
 
-#: values squared at a time by :func:`row_levels`
-ROW_LEVEL_CHUNK = 1 << 22
+#: values squared at a time by :func:`row_levels` (8 MB of float64: its transient memory,
+#: which rate control's peak includes)
+ROW_LEVEL_CHUNK = 1 << 20
 
 
 def row_levels(x: np.ndarray, length: int) -> np.ndarray:
     """log2 of the RMS of each row of ``length`` consecutive values (the last row may be
-    shorter; an all-zero row is −1100, below any float's)."""
+    shorter; an all-zero row is −1100, below any float's).
+
+    >>> row_levels(np.array([3.0, 4.0, 0.0, 0.0, 2.0]), 2).tolist()
+    [1.8219280948873624, -1100.0, 1.0]
+    """
     starts = np.arange(0, x.shape[0], length)
-    # whole rows at a time: the float64 squares of a chunk, not of the whole tensor
     rows = max(1, ROW_LEVEL_CHUNK // length)
-    energy = np.concatenate([
-        np.add.reduceat(np.square(np.asarray(x[i:i + rows * length], np.float64)),
-                        np.arange(0, min(rows * length, x.shape[0] - i), length))
-        for i in range(0, x.shape[0], rows * length)]) if x.size else np.zeros(0)
+
+    def energy_of(chunk: np.ndarray) -> np.ndarray:
+        # whole rows at a time: the float64 squares of a chunk (in place), not of the tensor
+        squares = np.array(chunk, np.float64)
+        np.square(squares, out=squares)
+        return np.add.reduceat(squares, np.arange(0, squares.shape[0], length))
+
+    energy = np.concatenate([energy_of(x[i:i + rows * length])
+                             for i in range(0, x.shape[0], rows * length)]) \
+        if x.size else np.zeros(0)
     sizes = np.minimum(length, x.shape[0] - starts)
     with np.errstate(divide="ignore"):
         return np.maximum(0.5 * np.log2(energy / sizes), -1100.0)
