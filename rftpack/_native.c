@@ -25,7 +25,8 @@
  *       float64 `xs`, chains of `steps` weights (in units of the step), each from state 0,
  *       minimising squared error + lam * rates[min(|k|, top)] over the trellis `edges`
  *       (int64, states x 5: into state s from (A, its parity) or (B, its parity), quantizer
- *       q; A wins ties). Indices into int64 `out`, one per weight.
+ *       q; A wins ties). Indices into int64 `out`, one per weight. OverflowError for a weight
+ *       that is not finite or beyond VITERBI_MAX_X (the other searches take those).
  *
  * Why C and not only numba: numba's start-up (~0.75 s a process) costs more than it saves on
  * a model of MiniLM's size; this module loads in about a millisecond. Every loop releases the
@@ -654,7 +655,8 @@ static PyObject *dq_viterbi(PyObject *self, PyObject *args) {
     const double *x = xs.buf;
     for (Py_ssize_t i = 0; i < n; i++) {
         if (!(fabs(x[i]) <= VITERBI_MAX_X)) {
-            PyErr_SetString(PyExc_ValueError, "dq search: a weight is not finite or too large");
+            PyErr_SetString(PyExc_OverflowError,
+                            "dq search: a weight is not finite or too large");
             goto done;
         }
     }

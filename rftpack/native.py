@@ -144,8 +144,9 @@ def dq_viterbi(xs: np.ndarray, lam: float, rates: np.ndarray, edges: np.ndarray)
     indices): ``xs`` (chains × steps, in units of the step), each chain from state 0, minimising
     squared error + ``lam`` · ``rates[min(|k|, top)]`` over the trellis ``edges`` (states × 5:
     into state s from (A, its parity) or (B, its parity), with quantizer q; A wins ties).
-    Returns the int64 indices, shaped as ``xs``. ``ValueError`` for a weight that is not finite
-    or beyond 10⁹ steps (callers then search in numba or numpy).
+    Returns the int64 indices, shaped as ``xs``. ``OverflowError`` for a weight that is not
+    finite or beyond 10⁹ steps (callers then search in numba or numpy), ``ValueError`` for
+    malformed tables.
 
     >>> from rftpack.stages.dq import EDGES
     >>> xs = np.array([[0.2, 1.1, -2.4, 3.9]])

@@ -198,7 +198,7 @@ def viterbi(scaled: np.ndarray, lam: float, rates: np.ndarray, chain: int,
         try:
             return _search_split(native.dq_viterbi, native.viterbi_lanes(), scaled, lam,
                                  rates, chain, states)
-        except ValueError:  # a weight beyond what the C search takes: numba or numpy's
+        except OverflowError:  # a weight beyond what the C search takes: numba or numpy's
             pass
     compiled = _compiled("viterbi_chains")
     if compiled is not None:

@@ -88,7 +88,7 @@ def test_the_c_search_hands_weights_it_does_not_take_to_the_others() -> None:
         pytest.skip("rftpack._native is not built here")
     x = np.array([0.3, 2e9, -1.4, 5.0])
     rates = np.array([1.0, 2.0, 3.0])
-    with pytest.raises(ValueError, match="not finite or too large"):
+    with pytest.raises(OverflowError, match="not finite or too large"):
         native.dq_viterbi(x[None, :], 0.25, rates, dq.EDGES[4])
     with searching_with("numpy"):
         plain = dq.viterbi(x, 0.25, rates, 4, 4)
