@@ -125,7 +125,9 @@ def test_archives_are_byte_identical_whichever_search_ran(tmp_path: Path) -> Non
             out = tmp_path / path
             rftpack.compress(model, out, profile="dq", target_bpw=4.0, layout="directory")
             archives[path] = {p.name: p.read_bytes() for p in (out / "tensors").glob("*.bin")}
-    assert archives["numpy"] and len(archives) > 1
+    assert archives["numpy"]
+    if len(archives) == 1:
+        pytest.skip("neither the C extension nor numba is here: nothing to compare")
     for path, files in archives.items():
         assert files == archives["numpy"], path
 
