@@ -494,8 +494,10 @@ done:
 /* The search is compiled once per vector width where the compiler can (GCC and clang on
  * x86-64 glibc Linux pick the clone the CPU runs at load time): on MiniLM-like weights at
  * 256 states ~0.08 s per million weights with AVX-512 or AVX2, where numba's takes 0.11 and
- * SSE2 0.2. */
-#if defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) && defined(__has_attribute)
+ * SSE2 0.2. RFTPACK_NO_CLONES builds one copy for the compiler's target (tests/test_native.py
+ * builds each width that way, to check that each finds the same indices). */
+#if !defined(RFTPACK_NO_CLONES) && defined(__x86_64__) && defined(__linux__) && \
+    defined(__GLIBC__) && defined(__has_attribute)
 #if __has_attribute(target_clones) /* (which needs glibc's ifunc: not on musl) */
 #define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif

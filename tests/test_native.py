@@ -19,11 +19,16 @@ from safetensors.numpy import save_file
 
 import rftpack
 from rftpack import native
+from rftpack.stages import dq
 from rftpack.stages.rans import TABLE_BITS, RansCoder, read_lanes, read_table
 
 
+def c_compiler() -> list[str]:
+    return shlex.split(sysconfig.get_config_var("CC") or "cc")
+
+
 def test_the_extension_is_built_where_a_c_compiler_is() -> None:
-    compiler = shlex.split(sysconfig.get_config_var("CC") or "cc")[0]
+    compiler = c_compiler()[0]
     if shutil.which(compiler) is None:
         pytest.skip(f"no C compiler ({compiler}) here: rftpack installs without its extension")
     if os.environ.get("RFTPACK_NO_NATIVE"):
@@ -170,3 +175,49 @@ def test_float_planes_assemble_to_the_same_bytes_as_numpy(monkeypatch, dtype,
     monkeypatch.setattr(native, "available", lambda: False)
     plain = coder.decode_elements(data, x.shape[0], dtype)
     assert compiled.tobytes() == plain.tobytes() == x.tobytes()
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return set(next((line.split(":", 1)[1].split() for line in text.splitlines()
+                     if line.startswith("flags")), []))
+
+
+@pytest.mark.parametrize("width", ["default", "avx2", "avx512f"])
+def test_the_search_finds_the_same_indices_at_every_vector_width(width: str,
+                                                                 tmp_path: Path) -> None:
+    """The installed extension runs the search's copy for this CPU's widest vectors; each
+    other copy is built here alone (RFTPACK_NO_CLONES) and must find numpy's indices too."""
+    import importlib.util
+
+    source = Path(native.__file__).with_name("_native.c")
+    compiler = c_compiler()
+    if not source.is_file() or shutil.which(compiler[0]) is None:
+        pytest.skip("needs rftpack/_native.c and a C compiler")
+    if not (sys.platform == "linux" and os.uname().machine == "x86_64"):
+        pytest.skip("the vector widths are x86-64's")
+    if width != "default" and width not in cpu_flags():
+        pytest.skip(f"this CPU has no {width}")
+    target = tmp_path / f"_native{sysconfig.get_config_var('EXT_SUFFIX')}"
+    flags = [] if width == "default" else [f"-m{width}"]
+    subprocess.run([*compiler, "-O3", "-ffp-contract=off", "-fno-trapping-math", "-shared",
+                    "-fPIC", "-DRFTPACK_NO_CLONES", *flags,
+                    f"-I{sysconfig.get_paths()['include']}", str(source), "-o", str(target)],
+                   check=True, capture_output=True)
+    spec = importlib.util.spec_from_file_location("_native", target)
+    assert spec is not None and spec.loader is not None
+    built = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(built)
+    rng = np.random.default_rng(11)
+    for states, chain, scale in [(256, 300, 4.0), (8, 64, 0.3), (64, 7, 50.0), (4, 1, 1.0)]:
+        x = rng.laplace(0, scale, 5000)
+        x[:500] = np.round(x[:500] * 2) / 2  # exact ties
+        rates = dq._rate_table(x)
+        padded = dq._padded(x, chain, np.float64)
+        out = np.empty(padded.shape, np.int64)
+        built.dq_viterbi(padded, chain, 0.25, rates, dq.EDGES[states], out)
+        np.testing.assert_array_equal(dq._viterbi_numpy(padded.T, 0.25, rates,
+                                                        dq.EDGES[states]).T, out)

@@ -13,9 +13,10 @@ states gain about 0.9 dB over plain rounding, 8 states (NNCodec's table) 0.08–
 and Ungerboeck's larger trellises more again: over 8 states, 32 gain 0.12–0.13 dB, 64
 0.16–0.20 and 256 (the ``dq`` profile's) 0.24–0.30, each doubling from 64 on costing the
 compiled search about 1.3× the time (per million weights on one thread, numba's: 8 states
-0.04 s, 64 0.06 s, 256 0.11 s; the C search's: 8 states 0.01 s, 64 0.025 s, 256 0.08 s). The encoder minimises squared error + λ·bits along chains of ``chain``
-weights (each starting in state 0); the decoder replays the states, which is cheap and exact,
-whatever their number.
+0.04 s, 64 0.06 s, 256 0.11 s; the C search's: 8 states 0.01 s, 64 0.025 s, 256 0.08 s).
+The encoder minimises squared error + λ·bits along chains of ``chain`` weights (each
+starting in state 0); the decoder replays the states, which is cheap and exact, whatever
+their number.
 """
 
 from __future__ import annotations
