@@ -490,11 +490,14 @@ done:
 #define VITERBI_LANES 32
 /* |x| (in steps) the search takes: indices stay far inside int32, where they are kept */
 #define VITERBI_MAX_X 1e9
+/* path costs are float32, each lane's lowest subtracted every RENORMALISE steps
+ * (rftpack/stages/dq.py's RENORMALISE: the same numbers as numpy's and numba's search) */
+#define RENORMALISE 32
 
 /* The search is compiled once per vector width where the compiler can (GCC and clang on
  * x86-64 glibc Linux pick the clone the CPU runs at load time): on MiniLM-like weights at
- * 256 states ~0.08 s per million weights with AVX-512 or AVX2, where numba's takes 0.11 and
- * SSE2 0.2. RFTPACK_NO_CLONES builds one copy for the compiler's target (tests/test_native.py
+ * 256 states ~0.05 s per million weights with AVX-512 or AVX2, where numba's takes 0.1 and
+ * SSE2 0.25. RFTPACK_NO_CLONES builds one copy for the compiler's target (tests/test_native.py
  * builds each width that way, to check that each finds the same indices). */
 #if !defined(RFTPACK_NO_CLONES) && defined(__x86_64__) && defined(__linux__) && \
     defined(__GLIBC__) && defined(__has_attribute)
@@ -527,12 +530,12 @@ static inline double rate_of(const double *restrict rates, double top, double k)
 /* The step's four best (cost, k) for every lane: Q0 even and odd parity, Q1 even and odd;
  * _dq_jit._step_candidates' arithmetic, branch-free. */
 static inline void step_candidates(const Trellis *tr, const double *restrict x,
-                                   double (*restrict j)[VITERBI_LANES],
+                                   float (*restrict j)[VITERBI_LANES],
                                    int32_t (*restrict k)[VITERBI_LANES]) {
     const double *restrict rates = tr->rates;
     const double lam = tr->lam, zero_rate = tr->lam * rates[0], top = (double)tr->top;
     /* computed in local arrays, which the rates cannot alias: then the loop vectorises */
-    double jl[4][VITERBI_LANES];
+    float jl[4][VITERBI_LANES];
     int32_t kl[4][VITERBI_LANES];
     for (int w = 0; w < VITERBI_LANES; w++) {
         const double v = x[w];
@@ -565,7 +568,8 @@ static inline void step_candidates(const Trellis *tr, const double *restrict x,
         j1e = zero1 ? jz : j1e;
         k1e = zero1 ? 0.0 : k1e;
         const double j1o = (v - l1o) * (v - l1o) + lam * rate_of(rates, top, k1o);
-        jl[0][w] = j0e, jl[1][w] = j0o, jl[2][w] = j1e, jl[3][w] = j1o;
+        jl[0][w] = (float)j0e, jl[1][w] = (float)j0o, jl[2][w] = (float)j1e;
+        jl[3][w] = (float)j1o;
         kl[0][w] = (int32_t)k0e, kl[1][w] = (int32_t)k0o, kl[2][w] = (int32_t)k1e;
         kl[3][w] = (int32_t)k1o;
     }
@@ -575,14 +579,15 @@ static inline void step_candidates(const Trellis *tr, const double *restrict x,
 
 /* One step of every state for all lanes: into state s the cheaper of A and B (A on ties),
  * bit w of row[s] set where lane w came from B. */
-static inline void add_compare_select(const Trellis *tr, double (*cost)[VITERBI_LANES],
-                      double (*j)[VITERBI_LANES], double (*next)[VITERBI_LANES], uint32_t *row) {
+static inline void add_compare_select(const Trellis *tr, float (*cost)[VITERBI_LANES],
+                                      float (*j)[VITERBI_LANES], float (*next)[VITERBI_LANES],
+                                      uint32_t *row) {
     for (Py_ssize_t s = 0; s < tr->states; s++) {
-        const double *ca = cost[tr->sa[s]], *cb = cost[tr->sb[s]];
-        const double *xa = j[tr->ja[s]], *xb = j[tr->jb[s]];
+        const float *ca = cost[tr->sa[s]], *cb = cost[tr->sb[s]];
+        const float *xa = j[tr->ja[s]], *xb = j[tr->jb[s]];
         uint32_t bits = 0;
         for (int w = 0; w < VITERBI_LANES; w++) {
-            const double via_a = ca[w] + xa[w], via_b = cb[w] + xb[w];
+            const float via_a = ca[w] + xa[w], via_b = cb[w] + xb[w];
             const int from_b = via_b < via_a;
             next[s][w] = from_b ? via_b : via_a;
             bits |= (uint32_t)from_b << w;
@@ -591,15 +596,26 @@ static inline void add_compare_select(const Trellis *tr, double (*cost)[VITERBI_
     }
 }
 
+/* Each lane's lowest cost subtracted from all its states' */
+static inline void renormalise(float (*cost)[VITERBI_LANES], Py_ssize_t states) {
+    float low[VITERBI_LANES];
+    for (int w = 0; w < VITERBI_LANES; w++) low[w] = cost[0][w];
+    for (Py_ssize_t s = 1; s < states; s++)
+        for (int w = 0; w < VITERBI_LANES; w++) low[w] = cost[s][w] < low[w] ? cost[s][w] : low[w];
+    for (Py_ssize_t s = 0; s < states; s++)
+        for (int w = 0; w < VITERBI_LANES; w++) cost[s][w] -= low[w];
+}
+
 /* One group of up to VITERBI_LANES chains (`lanes` real ones, rows of `xs` of `steps`
  * weights; the others searched on zeros and dropped). `came` holds steps x states words,
  * `kept` steps x 4 x VITERBI_LANES indices, `cost`/`next` states x VITERBI_LANES. */
 VECTOR_CLONES
 static void search_group(const Trellis *tr, const double *xs, Py_ssize_t steps, int lanes,
                          int64_t *out, uint32_t *came, int32_t (*kept)[4][VITERBI_LANES],
-                         double (*cost)[VITERBI_LANES], double (*next)[VITERBI_LANES]) {
+                         float (*cost)[VITERBI_LANES], float (*next)[VITERBI_LANES]) {
     const Py_ssize_t states = tr->states;
-    double x[VITERBI_LANES], j[4][VITERBI_LANES];
+    double x[VITERBI_LANES];
+    float j[4][VITERBI_LANES];
     for (Py_ssize_t s = 0; s < states; s++)
         for (int w = 0; w < VITERBI_LANES; w++) cost[s][w] = s ? INFINITY : 0.0;
     for (int w = 0; w < VITERBI_LANES; w++) x[w] = 0.0;
@@ -607,8 +623,9 @@ static void search_group(const Trellis *tr, const double *xs, Py_ssize_t steps, 
         for (int w = 0; w < lanes; w++) x[w] = xs[w * steps + t];
         step_candidates(tr, x, j, kept[t]);
         add_compare_select(tr, cost, j, next, came + t * states);
-        double (*swap)[VITERBI_LANES] = cost;
+        float (*swap)[VITERBI_LANES] = cost;
         cost = next, next = swap;
+        if (t % RENORMALISE == RENORMALISE - 1) renormalise(cost, states);
     }
     Py_ssize_t state[VITERBI_LANES];
     for (int w = 0; w < lanes; w++) {
@@ -680,7 +697,7 @@ static PyObject *dq_viterbi(PyObject *self, PyObject *args) {
     }
     const Trellis tr = {states, top, lam, rates.buf, links, links + states, links + 2 * states,
                         links + 3 * states};
-    const size_t row = VITERBI_LANES * sizeof(double);
+    const size_t row = VITERBI_LANES * sizeof(float);
     came = PyMem_RawMalloc((size_t)steps * (size_t)states * sizeof(uint32_t));
     kept = PyMem_RawMalloc((size_t)steps * 4 * VITERBI_LANES * sizeof(int32_t));
     cost = PyMem_RawMalloc((size_t)states * row);

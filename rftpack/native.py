@@ -9,7 +9,7 @@ all return the same values.
 Why it exists: constriction decodes a rANS symbol in ~18 ns and numba's compiled decoder in
 ~5 ns, but numba's start-up costs ~0.75 s a process, more than it saves on a model of MiniLM's
 size. This module loads in about a millisecond and decodes in numba's time; its ``dq`` search
-takes ~0.08 s per million weights at 256 states, numba's 0.11 (numpy's ~2.9).
+takes ~0.05 s per million weights at 256 states, numba's 0.1 (numpy's ~3).
 
 Example:
     >>> import numpy as np

@@ -147,8 +147,8 @@ def _hint_numba(options: CompressOptions, console: Console) -> None:
     if lossy is not None and lossy.quantizer.id == "dq" and not native.available() and \
             importlib.util.find_spec("numba") is None:
         console.print("dq: neither rftpack's C extension (built at install where a C compiler "
-                      "is found) nor numba is here, so the trellis searches in numpy, about "
-                      "25× slower (pip install 'rftpack[fast]' adds numba); the archive is the "
+                      "is found) nor numba is here, so the trellis searches in numpy, 25–60× "
+                      "slower (pip install 'rftpack[fast]' adds numba); the archive is the "
                       "same", highlight=False)
 
 

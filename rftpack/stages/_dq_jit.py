@@ -17,6 +17,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from rftpack.stages.dq import RENORMALISE
+
 
 @numba.njit(cache=True, inline="always")
 def _candidates(x, level_even, k_even, level_odd, k_odd, lam, rates, top):
@@ -86,6 +88,19 @@ def _add_compare_select(cost, new, j, sa, sb, ja, jb, came_row, lanes):
 
 
 @numba.njit(cache=True, nogil=True)
+def _renormalise(cost):
+    """Subtract each lane's lowest cost from all its states' (float32, exactly as numpy and
+    the C search do)."""
+    for w in range(cost.shape[1]):
+        low = cost[0, w]
+        for s in range(1, cost.shape[0]):
+            if cost[s, w] < low:
+                low = cost[s, w]
+        for s in range(cost.shape[0]):
+            cost[s, w] = cost[s, w] - low
+
+
+@numba.njit(cache=True, nogil=True)
 def viterbi_chains(xs: np.ndarray, lam: float, rates: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Indices for ``xs`` (chains × steps, in units of Δ), each chain from state 0. ``edges``
     (states × 5): into state s from (A, its parity) or (B, its parity), with quantizer q;
@@ -102,9 +117,11 @@ def viterbi_chains(xs: np.ndarray, lam: float, rates: np.ndarray, edges: np.ndar
     ja, jb = 2 * edges[:, 4] + edges[:, 1], 2 * edges[:, 4] + edges[:, 3]
     came = np.zeros((steps, states), np.uint32)
     indices = np.zeros((steps, 4, LANES))
-    cost = np.empty((states, LANES))
-    new = np.empty((states, LANES))
+    # path costs in float32, renormalised every RENORMALISE steps (rftpack.stages.dq)
+    cost = np.empty((states, LANES), np.float32)
+    new = np.empty((states, LANES), np.float32)
     j = np.empty((4, LANES))
+    j32 = np.empty((4, LANES), np.float32)
     k = np.empty((4, LANES))
     state = np.zeros(LANES, np.int64)
     for first in range(0, width, LANES):
@@ -116,8 +133,11 @@ def viterbi_chains(xs: np.ndarray, lam: float, rates: np.ndarray, edges: np.ndar
                 _step_candidates(xs[first + w, t] if w < lanes else 0.0, lam, rates, top,
                                  j, k, w)
             indices[t, :, :] = k
-            _add_compare_select(cost, new, j, sa, sb, ja, jb, came[t], cost.shape[1])
+            j32[:, :] = j
+            _add_compare_select(cost, new, j32, sa, sb, ja, jb, came[t], cost.shape[1])
             cost, new = new, cost
+            if t % RENORMALISE == RENORMALISE - 1:
+                _renormalise(cost)
         for w in range(lanes):
             best = 0
             for s in range(1, states):  # argmin: the first of equal costs
