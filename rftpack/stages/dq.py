@@ -12,9 +12,8 @@ levels of one quantizer (step 2Δ): trellis-coded quantization. At equal rate on
 states gain about 0.9 dB over plain rounding, 8 states (NNCodec's table) 0.08–0.12 dB more,
 and Ungerboeck's larger trellises more again: over 8 states, 32 gain 0.12–0.13 dB, 64
 0.16–0.20 and 256 (the ``dq`` profile's) 0.24–0.30, each doubling from 64 on costing the
-compiled search about 1.3–2.5× the time (per million weights on one thread, numba's: 8
-states 0.03 s, 64 0.045 s, 256 0.1 s; the C search's: 8 states 0.013 s, 64 0.019 s, 256
-0.05 s).
+compiled search about 1.5× the time (per million weights on one thread, numba's: 8 states
+0.03 s, 64 0.045 s, 256 0.1 s; the C search's: 8 states 0.013 s, 64 0.019 s, 256 0.05 s).
 The encoder minimises squared error + λ·bits along chains of ``chain`` weights (each
 starting in state 0); the decoder replays the states, which is cheap and exact, whatever
 their number.
@@ -230,7 +229,7 @@ def _search_split(search: Callable[..., np.ndarray], lanes: int, scaled: np.ndar
 
 #: every search keeps its path costs in float32 (twice the chains per vector and half the
 #: memory of float64: the C search takes 0.05 s per million weights at 256 states, against
-#: 0.077 with float64 costs) and subtracts each chain's lowest cost from them every
+#: 0.08 with float64 costs) and subtracts each chain's lowest cost from them every
 #: RENORMALISE steps, so that they stay small enough for float32 to tell paths apart (on
 #: MiniLM's weights the same indices as with float64). The same numbers in numpy, numba and C:
 #: the same indices
