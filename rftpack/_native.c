@@ -1,8 +1,8 @@
 /*
  * rftpack._native: the decoders' hot loops and dq's encoder search in C, built at install
  * time where a C compiler is found (optional: without it rftpack decodes with constriction /
- * numba / numpy and searches with numba / numpy, to the same values). Wrapped, with its argument checks, by rftpack/native.py; nothing else
- * imports this module.
+ * numba / numpy and searches with numba / numpy, to the same values). Wrapped, with its
+ * argument checks, by rftpack/native.py; nothing else imports this module.
  *
  *   rans_decode(words, freqs, bits, count, out, itemsize, bounds) -> (states, words_left)
  *       constriction's AnsCoder(words).decode(Categorical(freqs / 2**bits, perfect=False),
@@ -25,8 +25,9 @@
  *       float64 `xs`, chains of `steps` weights (in units of the step), each from state 0,
  *       minimising squared error + lam * rates[min(|k|, top)] over the trellis `edges`
  *       (int64, states x 5: into state s from (A, its parity) or (B, its parity), quantizer
- *       q; A wins ties). Indices into int64 `out`, one per weight. OverflowError for a weight
- *       that is not finite or beyond VITERBI_MAX_X (the other searches take those).
+ *       q; A wins ties; path costs in float32, renormalised as numpy's and numba's are).
+ *       Indices into int64 `out`, one per weight. OverflowError for a weight that is not
+ *       finite or beyond VITERBI_MAX_X (the other searches take those).
  *
  * Why C and not only numba: numba's start-up (~0.75 s a process) costs more than it saves on
  * a model of MiniLM's size; this module loads in about a millisecond. Every loop releases the
@@ -601,7 +602,8 @@ static inline void renormalise(float (*cost)[VITERBI_LANES], Py_ssize_t states) 
     float low[VITERBI_LANES];
     for (int w = 0; w < VITERBI_LANES; w++) low[w] = cost[0][w];
     for (Py_ssize_t s = 1; s < states; s++)
-        for (int w = 0; w < VITERBI_LANES; w++) low[w] = cost[s][w] < low[w] ? cost[s][w] : low[w];
+        for (int w = 0; w < VITERBI_LANES; w++)
+            low[w] = cost[s][w] < low[w] ? cost[s][w] : low[w];
     for (Py_ssize_t s = 0; s < states; s++)
         for (int w = 0; w < VITERBI_LANES; w++) cost[s][w] -= low[w];
 }
@@ -687,7 +689,8 @@ static PyObject *dq_viterbi(PyObject *self, PyObject *args) {
     }
     for (Py_ssize_t s = 0; s < states; s++) {
         const int64_t *e = edge + 5 * s;
-        if (e[0] < 0 || e[0] >= states || e[2] < 0 || e[2] >= states || (e[1] | e[3] | e[4]) >> 1) {
+        if (e[0] < 0 || e[0] >= states || e[2] < 0 || e[2] >= states ||
+            (e[1] | e[3] | e[4]) >> 1) { /* parities and quantizers are 0 or 1 */
             PyErr_SetString(PyExc_ValueError, "dq search: an edge leaves the trellis");
             goto done;
         }
