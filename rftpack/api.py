@@ -25,6 +25,7 @@ import ml_dtypes
 import numpy as np
 
 from rftpack import __version__, parallel
+from rftpack._memory import release_after
 from rftpack.archive.reader import Archive
 from rftpack.archive.writer import ArchiveWriter, default_layout
 from rftpack.calibrated import calibrated_levels
@@ -270,6 +271,8 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
         sized: dict[str, EncodedTensor] = {}  # small tensors the first pass already encoded
         rate_plan = (_plan_rate(model, infos, lossy, exact, options, out, sized)
                      if options.rate_controlled else None)
+        if rate_plan is not None:  # it read every tensor
+            release_after(max((info.nbytes for info in infos), default=0))
         sampler = (ResidualSampler(band_count=lossy.max_bands())
                    if predictor is not None and lossy is not None else None)
         writer = ArchiveWriter(out, layout=options.layout, payload=options.payload,
@@ -316,6 +319,7 @@ def compress(source: str | os.PathLike, out: str | os.PathLike, *,
                 totals.add(info, encoded, written)
                 del array, encoded, rounded
                 model.release(info.name)
+                release_after(info.nbytes)
             trained, predictor_seconds = None, 0.0
             predictor_record = None
             if sampler is not None and predictor is not None:

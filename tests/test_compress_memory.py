@@ -39,3 +39,29 @@ def test_rate_control_works_in_chunks_not_whole_float64_copies(big_model: Path,
         tracemalloc.stop()
     assert result.metrics["lossy_tensors"] == 1
     assert peak < 2 * TENSOR_BYTES, f"{peak / 2**20:.0f} MB"   # measured: ~90 MB (was ~400)
+
+
+def test_freed_heap_memory_goes_back_after_large_tensors(big_model: Path, tmp_path: Path,
+                                                         monkeypatch) -> None:
+    """glibc keeps freed temporaries in its heap: compress trims it after rate control's
+    pass and after each large tensor (rftpack._memory), so that a streaming job's resident
+    memory is one tensor's work, not the high-water mark of all of them."""
+    from rftpack import _memory
+
+    trimmed = []
+    monkeypatch.setattr(_memory, "_malloc_trim", lambda: trimmed.append)
+    rftpack.compress(big_model, tmp_path / "a.rftp", profile="scalar", target_bpw=4.0)
+    assert len(trimmed) == 2  # after planning, after the 64 MB tensor (not the 16 KB one)
+    trimmed.clear()
+    rftpack.compress(big_model, tmp_path / "b.rftp", profile="scalar")  # no rate control
+    assert len(trimmed) == 1
+
+
+def test_trimming_is_a_no_op_for_small_tensors_and_where_glibc_is_not() -> None:
+    import platform
+
+    from rftpack import _memory
+
+    assert _memory.release_after(1024) is False
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert _memory.release_after(_memory.TRIM_AFTER_BYTES) is glibc

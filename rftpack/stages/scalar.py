@@ -85,7 +85,10 @@ def zigzag(q: np.ndarray) -> np.ndarray:
     [0, 1, 2, 3, 4]
     """
     q = q.astype(np.int64)
-    return ((q << 1) ^ (q >> 63)).astype(np.uint16)
+    sign = q >> 63
+    q <<= 1  # (in place: a block's transient memory is part of compress's peak)
+    q ^= sign
+    return q.astype(np.uint16)
 
 
 def unzigzag(symbols: np.ndarray) -> np.ndarray:
@@ -297,10 +300,14 @@ class ScalarQuantizer(SteppedQuantizer):
         q = np.rint(scaled)
         offsets = [0.0, 0.0]
         if self.centroid and x.size:
-            magnitude, distance = np.abs(q), np.abs(q) - np.abs(scaled)
+            magnitude = np.abs(q)
+            distance = np.abs(scaled)  # |q| − |x/Δ|, formed in place
+            np.subtract(magnitude, distance, out=distance)
             for i, mask in enumerate((magnitude == 1, magnitude >= 2)):
                 if mask.any():
                     offsets[i] = float(np.clip(distance[mask].mean(), -0.5, 0.5))
+            del magnitude, distance
+        del scaled
         symbols = zigzag(q)
         alphabet = int(symbols.max()) + 1 if symbols.size else 1
         code_streams, class_side = self.coded_streams(x, symbols, alphabet)
