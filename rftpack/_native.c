@@ -20,14 +20,16 @@
  *       floatplanes' elements from their byte planes (FORMAT.md 7.4): the top 16 bits are
  *       (a << 8 | b) rotated right by r, the bytes below them the `rest` planes, lowest first;
  *       one whole little-endian element stored at a time.
- *   dq_viterbi(xs, steps, lam, rates, edges, out)
+ *   dq_viterbi(xs, steps, lam, rates, edges, out, scale, cap, start[, kernel])
  *       dq's encoder search (rftpack/stages/_dq_jit.py's viterbi_chains, index for index):
  *       float64 `xs`, chains of `steps` weights (in units of the step), each from state 0,
  *       minimising squared error + lam * rates[min(|k|, top)] over the trellis `edges`
  *       (int64, states x 5: into state s from (A, its parity) or (B, its parity), quantizer
- *       q; A wins ties; path costs in float32, renormalised as numpy's and numba's are).
- *       Indices into int64 `out`, one per weight. OverflowError for a weight that is not
- *       finite or beyond VITERBI_MAX_X (the other searches take those).
+ *       q; A wins ties), in int16 path costs (`scale`, `cap`, `start`: rftpack/stages/dq.py's
+ *       search_costs). Indices into int64 `out`, one per weight. OverflowError for a weight
+ *       that is not finite or beyond VITERBI_MAX_X (the other searches take those).
+ *       `kernel` names the add-compare-select to run (default: the widest this CPU runs).
+ *   dq_kernels() -> the names of the kernels this CPU runs
  *
  * Why C and not only numba: numba's start-up (~0.75 s a process) costs more than it saves on
  * a model of MiniLM's size; this module loads in about a millisecond. Every loop releases the
@@ -491,31 +493,31 @@ done:
 #define VITERBI_LANES 32
 /* |x| (in steps) the search takes: indices stay far inside int32, where they are kept */
 #define VITERBI_MAX_X 1e9
-/* path costs are float32, each lane's lowest subtracted every RENORMALISE steps
- * (rftpack/stages/dq.py's RENORMALISE: the same numbers as numpy's and numba's search) */
-#define RENORMALISE 32
 
-/* The search is compiled once per vector width where the compiler can (GCC and clang on
- * x86-64 glibc Linux pick the clone the CPU runs at load time): on MiniLM-like weights at
- * 256 states ~0.05 s per million weights with AVX-512 or AVX2, where numba's takes 0.1 and
- * SSE2 0.25. RFTPACK_NO_CLONES builds one copy for the compiler's target (tests/test_native.py
- * builds each width that way, to check that each finds the same indices). */
-#if !defined(RFTPACK_NO_CLONES) && defined(__x86_64__) && defined(__linux__) && \
-    defined(__GLIBC__) && defined(__has_attribute)
-#if __has_attribute(target_clones) /* (which needs glibc's ifunc: not on musl) */
-#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+/* Path costs are int16 in units of 1/scale step², added with wraparound and compared by the
+ * sign of their 16-bit difference (rftpack/stages/dq.py's search_costs says why that is
+ * exact): 32 chains fill one AVX-512 vector, and a step's costs (2 x 16 KB at 256 states)
+ * stay in L1. The add-compare-select is written three times: AVX-512BW and AVX2 intrinsics
+ * (the compiler's own vectorisation of the portable loop builds each step's 32 traceback bits
+ * with a chain of shuffles, where these take the compare's mask), and portable C; the widest
+ * the CPU runs is chosen at run time, and each finds the same indices (tests call all). */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define X86_KERNELS 1
+#include <immintrin.h>
 #endif
-#endif
-#ifndef VECTOR_CLONES
-#define VECTOR_CLONES
-#endif
+
+enum { KERNEL_PORTABLE, KERNEL_AVX2, KERNEL_AVX512, KERNEL_COUNT };
+static const char *const KERNEL_NAMES[KERNEL_COUNT] = {"portable", "avx2", "avx512bw"};
 
 typedef struct {
     Py_ssize_t states, top;
-    double lam;
+    double lam, scale;
+    int16_t cap, start; /* a candidate's cost above the step's cheapest is at most cap */
     const double *rates;
     const int32_t *sa, *sb, *ja, *jb; /* into state s from sa[s] with candidate ja[s], or sb/jb */
 } Trellis;
+
+typedef int16_t CostRow[VITERBI_LANES];
 
 /* Is the integral double v even?  (the parity of int(v), without a conversion, so that the
  * candidate loop vectorises) */
@@ -529,15 +531,18 @@ static inline double rate_of(const double *restrict rates, double top, double k)
 }
 
 /* The step's four best (cost, k) for every lane: Q0 even and odd parity, Q1 even and odd;
- * _dq_jit._step_candidates' arithmetic, branch-free. */
-static inline void step_candidates(const Trellis *tr, const double *restrict x,
-                                   float (*restrict j)[VITERBI_LANES],
-                                   int32_t (*restrict k)[VITERBI_LANES]) {
+ * _dq_jit._step_candidates' arithmetic, branch-free. Costs go out as integers: each one's
+ * excess over the lane's cheapest, times scale, rounded (half to even) and capped. */
+static inline __attribute__((always_inline)) void step_candidates(
+    const Trellis *tr, const double *restrict x, CostRow *restrict j,
+    int32_t (*restrict k)[VITERBI_LANES]) {
     const double *restrict rates = tr->rates;
     const double lam = tr->lam, zero_rate = tr->lam * rates[0], top = (double)tr->top;
+    const double scale = tr->scale, cap = (double)tr->cap;
     /* computed in local arrays, which the rates cannot alias: then the loop vectorises */
-    float jl[4][VITERBI_LANES];
+    double jl[4][VITERBI_LANES];
     int32_t kl[4][VITERBI_LANES];
+    int16_t jq[4][VITERBI_LANES];
     for (int w = 0; w < VITERBI_LANES; w++) {
         const double v = x[w];
         /* Q0: levels 2k; the nearest index and its neighbour toward v */
@@ -569,27 +574,36 @@ static inline void step_candidates(const Trellis *tr, const double *restrict x,
         j1e = zero1 ? jz : j1e;
         k1e = zero1 ? 0.0 : k1e;
         const double j1o = (v - l1o) * (v - l1o) + lam * rate_of(rates, top, k1o);
-        jl[0][w] = (float)j0e, jl[1][w] = (float)j0o, jl[2][w] = (float)j1e;
-        jl[3][w] = (float)j1o;
+        jl[0][w] = j0e, jl[1][w] = j0o, jl[2][w] = j1e, jl[3][w] = j1o;
         kl[0][w] = (int32_t)k0e, kl[1][w] = (int32_t)k0o, kl[2][w] = (int32_t)k1e;
         kl[3][w] = (int32_t)k1o;
     }
-    memcpy(j, jl, sizeof jl);
+    for (int w = 0; w < VITERBI_LANES; w++) {
+        double low = jl[0][w];
+        for (int c = 1; c < 4; c++) low = jl[c][w] < low ? jl[c][w] : low;
+        for (int c = 0; c < 4; c++) {
+            const double q = rint((jl[c][w] - low) * scale);
+            jq[c][w] = (int16_t)(q < cap ? q : cap);
+        }
+    }
+    memcpy(j, jq, sizeof jq);
     memcpy(k, kl, sizeof kl);
 }
 
 /* One step of every state for all lanes: into state s the cheaper of A and B (A on ties),
  * bit w of row[s] set where lane w came from B. */
-static inline void add_compare_select(const Trellis *tr, float (*cost)[VITERBI_LANES],
-                                      float (*j)[VITERBI_LANES], float (*next)[VITERBI_LANES],
-                                      uint32_t *row) {
-    for (Py_ssize_t s = 0; s < tr->states; s++) {
-        const float *ca = cost[tr->sa[s]], *cb = cost[tr->sb[s]];
-        const float *xa = j[tr->ja[s]], *xb = j[tr->jb[s]];
+static void acs_portable(const Trellis *tr, const CostRow *restrict cost,
+                         const CostRow *restrict j, CostRow *restrict next,
+                         uint32_t *restrict row) {
+    const int32_t *sa = tr->sa, *sb = tr->sb, *ja = tr->ja, *jb = tr->jb;
+    const Py_ssize_t states = tr->states;
+    for (Py_ssize_t s = 0; s < states; s++) {
+        const int16_t *ca = cost[sa[s]], *cb = cost[sb[s]], *xa = j[ja[s]], *xb = j[jb[s]];
         uint32_t bits = 0;
         for (int w = 0; w < VITERBI_LANES; w++) {
-            const float via_a = ca[w] + xa[w], via_b = cb[w] + xb[w];
-            const int from_b = via_b < via_a;
+            const int16_t via_a = (int16_t)(uint16_t)((uint16_t)ca[w] + (uint16_t)xa[w]);
+            const int16_t via_b = (int16_t)(uint16_t)((uint16_t)cb[w] + (uint16_t)xb[w]);
+            const int from_b = (int16_t)(uint16_t)((uint16_t)via_b - (uint16_t)via_a) < 0;
             next[s][w] = from_b ? via_b : via_a;
             bits |= (uint32_t)from_b << w;
         }
@@ -597,43 +611,84 @@ static inline void add_compare_select(const Trellis *tr, float (*cost)[VITERBI_L
     }
 }
 
-/* Each lane's lowest cost subtracted from all its states' */
-static inline void renormalise(float (*cost)[VITERBI_LANES], Py_ssize_t states) {
-    float low[VITERBI_LANES];
-    for (int w = 0; w < VITERBI_LANES; w++) low[w] = cost[0][w];
-    for (Py_ssize_t s = 1; s < states; s++)
-        for (int w = 0; w < VITERBI_LANES; w++)
-            low[w] = cost[s][w] < low[w] ? cost[s][w] : low[w];
-    for (Py_ssize_t s = 0; s < states; s++)
-        for (int w = 0; w < VITERBI_LANES; w++) cost[s][w] -= low[w];
+#ifdef X86_KERNELS
+__attribute__((target("avx2"))) static void acs_avx2(const Trellis *tr, const CostRow *cost,
+                                                     const CostRow *j, CostRow *next,
+                                                     uint32_t *row) {
+    const int32_t *sa = tr->sa, *sb = tr->sb, *ja = tr->ja, *jb = tr->jb;
+    const Py_ssize_t states = tr->states;
+    for (Py_ssize_t s = 0; s < states; s++) {
+        const __m256i *ca = (const __m256i *)cost[sa[s]], *cb = (const __m256i *)cost[sb[s]];
+        const __m256i *xa = (const __m256i *)j[ja[s]], *xb = (const __m256i *)j[jb[s]];
+        __m256i from_b[2];
+        for (int h = 0; h < 2; h++) {
+            const __m256i a = _mm256_add_epi16(_mm256_loadu_si256(ca + h),
+                                               _mm256_loadu_si256(xa + h));
+            const __m256i b = _mm256_add_epi16(_mm256_loadu_si256(cb + h),
+                                               _mm256_loadu_si256(xb + h));
+            from_b[h] = _mm256_srai_epi16(_mm256_sub_epi16(b, a), 15); /* all ones: b < a */
+            _mm256_storeu_si256((__m256i *)next[s] + h, _mm256_blendv_epi8(a, b, from_b[h]));
+        }
+        /* 32 lanes' signs as bytes, in lane order (packs interleaves the 128-bit halves) */
+        const __m256i bytes = _mm256_permute4x64_epi64(_mm256_packs_epi16(from_b[0], from_b[1]),
+                                                       0xD8);
+        row[s] = (uint32_t)_mm256_movemask_epi8(bytes);
+    }
 }
 
+__attribute__((target("avx512f,avx512bw"))) static void acs_avx512(const Trellis *tr,
+                                                                   const CostRow *cost,
+                                                                   const CostRow *j,
+                                                                   CostRow *next,
+                                                                   uint32_t *row) {
+    const int32_t *sa = tr->sa, *sb = tr->sb, *ja = tr->ja, *jb = tr->jb;
+    const Py_ssize_t states = tr->states;
+    for (Py_ssize_t s = 0; s < states; s++) {
+        const __m512i a = _mm512_add_epi16(_mm512_loadu_si512(cost[sa[s]]),
+                                           _mm512_loadu_si512(j[ja[s]]));
+        const __m512i b = _mm512_add_epi16(_mm512_loadu_si512(cost[sb[s]]),
+                                           _mm512_loadu_si512(j[jb[s]]));
+        const __mmask32 from_b = _mm512_movepi16_mask(_mm512_sub_epi16(b, a));
+        _mm512_storeu_si512(next[s], _mm512_mask_blend_epi16(from_b, a, b));
+        row[s] = (uint32_t)from_b;
+    }
+}
+#endif
+
 /* One group of up to VITERBI_LANES chains (`lanes` real ones, rows of `xs` of `steps`
- * weights; the others searched on zeros and dropped). `came` holds steps x states words,
- * `kept` steps x 4 x VITERBI_LANES indices, `cost`/`next` states x VITERBI_LANES. */
-VECTOR_CLONES
-static void search_group(const Trellis *tr, const double *xs, Py_ssize_t steps, int lanes,
-                         int64_t *out, uint32_t *came, int32_t (*kept)[4][VITERBI_LANES],
-                         float (*cost)[VITERBI_LANES], float (*next)[VITERBI_LANES]) {
+ * weights; the others searched on zeros and dropped), with the add-compare-select of
+ * `kernel`. `came` holds steps x states words, `kept` steps x 4 x VITERBI_LANES indices,
+ * `cost`/`next` states rows. Inlined into one copy per kernel, compiled for its CPU. */
+static inline __attribute__((always_inline)) void search_group(
+    const Trellis *tr, const double *xs, Py_ssize_t steps, int lanes, int64_t *out,
+    uint32_t *came, int32_t (*kept)[4][VITERBI_LANES], CostRow *cost, CostRow *next,
+    int kernel) {
     const Py_ssize_t states = tr->states;
     double x[VITERBI_LANES];
-    float j[4][VITERBI_LANES];
+    CostRow j[4];
     for (Py_ssize_t s = 0; s < states; s++)
-        for (int w = 0; w < VITERBI_LANES; w++) cost[s][w] = s ? INFINITY : 0.0;
+        for (int w = 0; w < VITERBI_LANES; w++) cost[s][w] = s ? tr->start : 0;
     for (int w = 0; w < VITERBI_LANES; w++) x[w] = 0.0;
     for (Py_ssize_t t = 0; t < steps; t++) {
         for (int w = 0; w < lanes; w++) x[w] = xs[w * steps + t];
         step_candidates(tr, x, j, kept[t]);
-        add_compare_select(tr, cost, j, next, came + t * states);
-        float (*swap)[VITERBI_LANES] = cost;
+#ifdef X86_KERNELS
+        if (kernel == KERNEL_AVX512)
+            acs_avx512(tr, cost, j, next, came + t * states);
+        else if (kernel == KERNEL_AVX2)
+            acs_avx2(tr, cost, j, next, came + t * states);
+        else
+#endif
+            acs_portable(tr, cost, j, next, came + t * states);
+        CostRow *swap = cost;
         cost = next, next = swap;
-        if (t % RENORMALISE == RENORMALISE - 1) renormalise(cost, states);
     }
     Py_ssize_t state[VITERBI_LANES];
     for (int w = 0; w < lanes; w++) {
         Py_ssize_t best = 0; /* argmin: the first of equal costs */
         for (Py_ssize_t s = 1; s < states; s++)
-            if (cost[s][w] < cost[best][w]) best = s;
+            if ((int16_t)(uint16_t)((uint16_t)cost[s][w] - (uint16_t)cost[best][w]) < 0)
+                best = s;
         state[w] = best;
     }
     /* all lanes step back together: one pass over the traceback */
@@ -652,25 +707,78 @@ static void search_group(const Trellis *tr, const double *xs, Py_ssize_t steps, 
     }
 }
 
+#define SEARCH_ARGS                                                                          \
+    const Trellis *tr, const double *xs, Py_ssize_t steps, int lanes, int64_t *out,         \
+        uint32_t *came, int32_t(*kept)[4][VITERBI_LANES], CostRow *cost, CostRow *next
+#define SEARCH_PASS tr, xs, steps, lanes, out, came, kept, cost, next
+
+static void search_portable(SEARCH_ARGS) { search_group(SEARCH_PASS, KERNEL_PORTABLE); }
+#ifdef X86_KERNELS
+__attribute__((target("avx2"))) static void search_avx2(SEARCH_ARGS) {
+    search_group(SEARCH_PASS, KERNEL_AVX2);
+}
+__attribute__((target("avx512f,avx512bw"))) static void search_avx512(SEARCH_ARGS) {
+    search_group(SEARCH_PASS, KERNEL_AVX512);
+}
+#endif
+
+/* The kernels this CPU runs: bit k for kernel k */
+static int runnable_kernels(void) {
+    int mask = 1 << KERNEL_PORTABLE;
+#ifdef X86_KERNELS
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) mask |= 1 << KERNEL_AVX2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"))
+        mask |= 1 << KERNEL_AVX512;
+#endif
+    return mask;
+}
+
+/* dq_kernels() -> the names of the kernels this CPU runs, the widest last */
+static PyObject *dq_kernels(PyObject *self, PyObject *args) {
+    (void)self, (void)args;
+    const int mask = runnable_kernels();
+    PyObject *names = PyList_New(0);
+    for (int k = 0; names != NULL && k < KERNEL_COUNT; k++) {
+        if (!(mask >> k & 1)) continue;
+        PyObject *name = PyUnicode_FromString(KERNEL_NAMES[k]);
+        if (name == NULL || PyList_Append(names, name) < 0) Py_CLEAR(names);
+        Py_XDECREF(name);
+    }
+    return names;
+}
+
 static PyObject *dq_viterbi(PyObject *self, PyObject *args) {
     Py_buffer xs, rates, edges, out;
     Py_ssize_t steps;
-    double lam;
+    double lam, scale;
+    int cap, start, kernel = -1;
+    const char *name = NULL;
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*ndy*y*w*", &xs, &steps, &lam, &rates, &edges, &out))
+    if (!PyArg_ParseTuple(args, "y*ndy*y*w*dii|z", &xs, &steps, &lam, &rates, &edges, &out,
+                          &scale, &cap, &start, &name))
         return NULL;
     PyObject *result = NULL;
     int32_t *links = NULL;
     uint32_t *came = NULL;
     void *kept = NULL, *cost = NULL, *next = NULL;
     const Py_ssize_t n = xs.len / 8, states = edges.len / 40, top = rates.len / 8 - 1;
+    const int runnable = runnable_kernels();
+    for (int k = 0; k < KERNEL_COUNT; k++) /* the one named, else the widest */
+        if (name == NULL ? runnable >> k & 1 : !strcmp(name, KERNEL_NAMES[k])) kernel = k;
     if (xs.len % 8 || steps < 1 || n % steps || out.len != xs.len || edges.len % 40 ||
         states < 1 || rates.len % 8 || top < 0 || top > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "dq search: buffers of the wrong size");
         goto done;
     }
-    if (!isfinite(lam)) {
-        PyErr_SetString(PyExc_ValueError, "dq search: lam must be finite");
+    if (!isfinite(lam) || !(scale >= 0 && isfinite(scale)) || cap < 0 || cap > INT16_MAX ||
+        start < 0 || start > INT16_MAX) {
+        PyErr_SetString(PyExc_ValueError,
+                        "dq search: lam and scale must be finite, cap and start in [0, 32767]");
+        goto done;
+    }
+    if (kernel < 0 || !(runnable >> kernel & 1)) {
+        PyErr_SetString(PyExc_ValueError, "dq search: this CPU does not run that kernel");
         goto done;
     }
     const double *x = xs.buf;
@@ -698,13 +806,12 @@ static PyObject *dq_viterbi(PyObject *self, PyObject *args) {
         links[2 * states + s] = (int32_t)(2 * e[4] + e[1]);
         links[3 * states + s] = (int32_t)(2 * e[4] + e[3]);
     }
-    const Trellis tr = {states, top, lam, rates.buf, links, links + states, links + 2 * states,
-                        links + 3 * states};
-    const size_t row = VITERBI_LANES * sizeof(float);
+    const Trellis tr = {states, top, lam, scale, (int16_t)cap, (int16_t)start, rates.buf,
+                        links, links + states, links + 2 * states, links + 3 * states};
     came = PyMem_RawMalloc((size_t)steps * (size_t)states * sizeof(uint32_t));
     kept = PyMem_RawMalloc((size_t)steps * 4 * VITERBI_LANES * sizeof(int32_t));
-    cost = PyMem_RawMalloc((size_t)states * row);
-    next = PyMem_RawMalloc((size_t)states * row);
+    cost = PyMem_RawMalloc((size_t)states * sizeof(CostRow));
+    next = PyMem_RawMalloc((size_t)states * sizeof(CostRow));
     if (came == NULL || kept == NULL || cost == NULL || next == NULL) {
         PyErr_NoMemory();
         goto done;
@@ -714,8 +821,16 @@ static PyObject *dq_viterbi(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t first = 0; first < width; first += VITERBI_LANES) {
         const int lanes = (int)(width - first < VITERBI_LANES ? width - first : VITERBI_LANES);
-        search_group(&tr, x + first * steps, steps, lanes, o + first * steps, came, kept, cost,
-                     next);
+        const double *group = x + first * steps;
+#ifdef X86_KERNELS
+        if (kernel == KERNEL_AVX512)
+            search_avx512(&tr, group, steps, lanes, o + first * steps, came, kept, cost, next);
+        else if (kernel == KERNEL_AVX2)
+            search_avx2(&tr, group, steps, lanes, o + first * steps, came, kept, cost, next);
+        else
+#endif
+            search_portable(&tr, group, steps, lanes, o + first * steps, came, kept, cost,
+                            next);
     }
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
@@ -739,7 +854,8 @@ static PyMethodDef methods[] = {
      "dq_replay(symbols, itemsize, chain, trans, quantizer, parity, values, out, value_size)"
      " -> None"},
     {"dq_viterbi", dq_viterbi, METH_VARARGS,
-     "dq_viterbi(xs, steps, lam, rates, edges, out) -> None"},
+     "dq_viterbi(xs, steps, lam, rates, edges, out, scale, cap, start[, kernel name]) -> None"},
+    {"dq_kernels", dq_kernels, METH_NOARGS, "dq_kernels() -> [names of the runnable kernels]"},
     {"planes_assemble", planes_assemble, METH_VARARGS,
      "planes_assemble(a, b, rest, r, out, itemsize) -> None"},
     {NULL, NULL, 0, NULL},

@@ -9,7 +9,7 @@ all return the same values.
 Why it exists: constriction decodes a rANS symbol in ~18 ns and numba's compiled decoder in
 ~5 ns, but numba's start-up costs ~0.75 s a process, more than it saves on a model of MiniLM's
 size. This module loads in about a millisecond and decodes in numba's time; its ``dq`` search
-takes ~0.05 s per million weights at 256 states, numba's 0.1 (numpy's ~3).
+takes ~0.023 s per million weights at 256 states, numba's 0.065 (numpy's ~1.7).
 
 Example:
     >>> import numpy as np
@@ -139,18 +139,21 @@ def viterbi_lanes() -> int:
     return int(_required().VITERBI_LANES)
 
 
-def dq_viterbi(xs: np.ndarray, lam: float, rates: np.ndarray, edges: np.ndarray) -> np.ndarray:
+def dq_viterbi(xs: np.ndarray, lam: float, rates: np.ndarray, edges: np.ndarray, scale: float,
+               cap: int, start: int, kernel: str | None = None) -> np.ndarray:
     """``dq``'s encoder search, as :func:`rftpack.stages._dq_jit.viterbi_chains` (the same
     indices): ``xs`` (chains × steps, in units of the step), each chain from state 0, minimising
     squared error + ``lam`` · ``rates[min(|k|, top)]`` over the trellis ``edges`` (states × 5:
-    into state s from (A, its parity) or (B, its parity), with quantizer q; A wins ties).
-    Returns the int64 indices, shaped as ``xs``. ``OverflowError`` for a weight that is not
-    finite or beyond 10⁹ steps (callers then search in numba or numpy), ``ValueError`` for
-    malformed tables.
+    into state s from (A, its parity) or (B, its parity), with quantizer q; A wins ties), in
+    integer path costs (``scale``, ``cap``, ``start``: :func:`rftpack.stages.dq.search_costs`).
+    ``kernel``: one of :func:`dq_kernels` (default: the widest). Returns the int64 indices,
+    shaped as ``xs``. ``OverflowError`` for a weight that is not finite or beyond 10⁹ steps
+    (callers then search in numba or numpy), ``ValueError`` for malformed tables.
 
-    >>> from rftpack.stages.dq import EDGES
-    >>> xs = np.array([[0.2, 1.1, -2.4, 3.9]])
-    >>> not available() or dq_viterbi(xs, 0.0, np.zeros(8), EDGES[4]).tolist() == [[0, 1, -2, 2]]
+    >>> from rftpack.stages.dq import EDGES, search_costs
+    >>> xs, rates = np.array([[0.2, 1.1, -2.4, 3.9]]), np.zeros(8)
+    >>> costs = search_costs(0.0, rates, 4)
+    >>> not available() or dq_viterbi(xs, 0.0, rates, EDGES[4], *costs).tolist() == [[0, 1, -2, 2]]
     True
     """
     native = _required()
@@ -162,8 +165,15 @@ def dq_viterbi(xs: np.ndarray, lam: float, rates: np.ndarray, edges: np.ndarray)
         raise ValueError("dq search: xs (chains, steps), 1-d rates, edges (states, 5)")
     out = np.empty(xs.shape, np.int64)
     if xs.size:
-        native.dq_viterbi(xs, xs.shape[1], float(lam), rates, edges, out)
+        native.dq_viterbi(xs, xs.shape[1], float(lam), rates, edges, out, float(scale),
+                          operator.index(cap), operator.index(start), kernel)
     return out
+
+
+def dq_kernels() -> list[str]:
+    """The add-compare-select kernels of :func:`dq_viterbi` this CPU runs, the widest last
+    (``portable``, and on x86-64 ``avx2`` and ``avx512bw``): each finds the same indices."""
+    return list(_required().dq_kernels())
 
 
 def planes_assemble(a: np.ndarray, b: np.ndarray, rest: list[np.ndarray], r: int,
@@ -174,8 +184,9 @@ def planes_assemble(a: np.ndarray, b: np.ndarray, rest: list[np.ndarray], r: int
 
     >>> out = np.empty(1, np.uint32)
     >>> planes = [np.array([v], np.uint8) for v in (0x3f, 0x80, 0x01, 0x02)]
-    >>> not available() or (planes_assemble(*planes[:2], planes[2:], 0, out), hex(out[0]))[1]
-    '0x3f800201'
+    >>> (not available() or planes_assemble(*planes[:2], planes[2:], 0, out)
+    ...  or hex(out[0]) == '0x3f800201')
+    True
     """
     native = _required()
     if out.dtype.kind != "u" or out.ndim != 1 or not out.flags.c_contiguous:

@@ -6,7 +6,7 @@ Example:
     >>> model = MyModel()                                          # doctest: +SKIP
     >>> rftpack.torch.load_state_dict(model, "model.rftp")         # doctest: +SKIP
     >>> handle = rftpack.torch.lazy_load(model, "model.rftp")      # doctest: +SKIP
-    >>> model(inputs)   # each submodule's weights are decoded just before it runs
+    >>> model(inputs)   # each submodule's weights decoded as it runs  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -186,41 +186,38 @@ def cpu_flags() -> set[str]:
                      if line.startswith("flags")), []))
 
 
-@pytest.mark.parametrize("width", ["default", "avx2", "avx512f"])
-def test_the_search_finds_the_same_indices_at_every_vector_width(width: str,
-                                                                 tmp_path: Path) -> None:
-    """The installed extension runs the search's copy for this CPU's widest vectors; each
-    other copy is built here alone (RFTPACK_NO_CLONES) and must find numpy's indices too."""
-    import importlib.util
+def test_the_search_runs_the_widest_kernel_the_cpu_has() -> None:
+    if not native.available():
+        pytest.skip("rftpack._native is not built here")
+    kernels = native.dq_kernels()
+    assert kernels[0] == "portable"
+    flags = cpu_flags()
+    if sys.platform == "linux" and os.uname().machine == "x86_64" and flags:
+        expected = ["portable"] + ["avx2"] * ("avx2" in flags) + \
+            ["avx512bw"] * ({"avx512f", "avx512bw"} <= flags)
+        assert kernels == expected
+    with pytest.raises(ValueError, match="does not run that kernel"):
+        native.dq_viterbi(np.zeros((1, 4)), 0.25, np.ones(3), dq.EDGES[4],
+                          *dq.search_costs(0.25, np.ones(3), 4), kernel="sse9")
 
-    source = Path(native.__file__).with_name("_native.c")
-    pyproject = source.parents[1] / "pyproject.toml"
-    compiler = c_compiler()
-    if not (source.is_file() and pyproject.is_file()) or shutil.which(compiler[0]) is None:
-        pytest.skip("needs a source checkout (rftpack/_native.c) and a C compiler")
-    if not (sys.platform == "linux" and os.uname().machine == "x86_64"):
-        pytest.skip("the vector widths are x86-64's")
-    if width != "default" and width not in cpu_flags():
-        pytest.skip(f"this CPU has no {width}")
-    target = tmp_path / f"_native{sysconfig.get_config_var('EXT_SUFFIX')}"
-    flags = [] if width == "default" else [f"-m{width}"]
-    tomllib = pytest.importorskip("tomllib")  # (Python 3.11+)
-    build = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["ext-modules"][0]
-    subprocess.run([*compiler, *build["extra-compile-args"], "-shared", "-fPIC",
-                    "-DRFTPACK_NO_CLONES", *flags,
-                    f"-I{sysconfig.get_paths()['include']}", str(source), "-o", str(target)],
-                   check=True, capture_output=True)
-    spec = importlib.util.spec_from_file_location("_native", target)
-    assert spec is not None and spec.loader is not None
-    built = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(built)
+
+@pytest.mark.parametrize("kernel", ["portable", "avx2", "avx512bw"])
+def test_every_kernel_finds_numpys_indices(kernel: str) -> None:
+    """The installed extension runs the widest kernel; each other one must find the same
+    indices too (ties, long chains whose int16 costs wrap around, few and many states)."""
+    if not native.available():
+        pytest.skip("rftpack._native is not built here")
+    if kernel not in native.dq_kernels():
+        pytest.skip(f"this CPU does not run the {kernel} kernel")
     rng = np.random.default_rng(11)
-    for states, chain, scale in [(256, 300, 4.0), (8, 64, 0.3), (64, 7, 50.0), (4, 1, 1.0)]:
+    for states, chain, scale, lam in [(256, 300, 4.0, 0.25), (8, 64, 0.3, 0.25),
+                                      (64, 7, 50.0, 2.0), (4, 1, 1.0, 0.0),
+                                      (256, 2500, 300.0, 5.0)]:
         x = rng.laplace(0, scale, 5000)
         x[:500] = np.round(x[:500] * 2) / 2  # exact ties
         rates = dq._rate_table(x)
         padded = dq._padded(x, chain, np.float64)
-        out = np.empty(padded.shape, np.int64)
-        built.dq_viterbi(padded, chain, 0.25, rates, dq.EDGES[states], out)
-        np.testing.assert_array_equal(dq._viterbi_numpy(padded.T, 0.25, rates,
-                                                        dq.EDGES[states]).T, out)
+        costs = dq.search_costs(lam, rates, states)
+        got = native.dq_viterbi(padded, lam, rates, dq.EDGES[states], *costs, kernel=kernel)
+        np.testing.assert_array_equal(
+            dq._viterbi_numpy(padded.T, lam, rates, dq.EDGES[states], *costs).T, got)

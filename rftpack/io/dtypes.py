@@ -40,6 +40,7 @@ def safetensors_name(dtype: np.dtype) -> str:
     """safetensors dtype name of a supported numpy dtype (``KeyError`` otherwise).
 
     Example:
+        >>> import ml_dtypes
         >>> safetensors_name(np.dtype(ml_dtypes.bfloat16))
         'BF16'
     """

@@ -6,8 +6,9 @@ Same search, same arithmetic and the same tie-breaking as the numpy version in
 :mod:`rftpack.stages.dq`, so both give identical indices (the tests check it); this one walks
 LANES chains side by side in compiled code, the add-compare-select over the states vectorised
 across them, instead of all chains a step at a time in numpy: the search is ~25× faster
-than numpy's (per million weights on one thread here: 64 states 0.06 s, 256 states 0.11 s,
-against 2.85 s in numpy; one chain at a time, as once, took 0.23 s at 64 states). It
+than numpy's (per million weights on one thread here, with int16 path costs: 64 states
+0.032 s, 256 states 0.065 s, against 1.7 s in numpy; one chain at a time with float64 costs,
+as once, took 0.23 s at 64 states). It
 releases the GIL, so :func:`rftpack.stages.dq.viterbi` runs groups of chains on several
 threads. Imported only when ``dq`` encodes.
 """
@@ -16,8 +17,6 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-
-from rftpack.stages.dq import RENORMALISE
 
 
 @numba.njit(cache=True, inline="always")
@@ -34,7 +33,7 @@ def _candidates(x, level_even, k_even, level_odd, k_odd, lam, rates, top):
 #: chains searched side by side: the add-compare-select over the states then runs on LANES
 #: costs at once (SIMD), the traceback bits of a state and step packed into one 32-bit
 #: integer (at most 32). 32 lanes: the search at 256 states took 0.12 s per million weights
-#: here, 0.14 with 16
+#: here, 0.14 with 16 (float32 costs, then)
 LANES = 32
 
 
@@ -69,43 +68,45 @@ def _step_candidates(x, lam, rates, top, j, k, w):
     j[2, w], k[2, w], j[3, w], k[3, w] = _candidates(x, l1e, k1e, l1o, k1o, lam, rates, top)
 
 
+@numba.njit(cache=True, inline="always")
+def _integer_costs(j, jq, scale, cap):
+    """The candidates' costs ``j`` (4 × LANES) as the search adds them (:func:`rftpack.stages.
+    dq.search_costs`): each one's excess over its lane's cheapest, times ``scale``, rounded
+    and capped, into the int16 ``jq``."""
+    for w in range(j.shape[1]):
+        low = min(min(j[0, w], j[1, w]), min(j[2, w], j[3, w]))
+        for c in range(4):
+            jq[c, w] = np.int16(min(np.rint((j[c, w] - low) * scale), cap))
+
+
 @numba.njit(cache=True, nogil=True, inline="never")
 def _add_compare_select(cost, new, j, sa, sb, ja, jb, came_row, lanes):
     """One step of every state for ``lanes`` chains: into state s the cheaper of A and B
-    (A on ties), and bit w of ``came_row[s]`` set where lane w came from B. A function of
-    its own, with the lane count a run-time value: so LLVM vectorises the loop over the
-    lanes (with the count a compile-time constant it unrolled it into scalar code instead:
-    the whole search took 1.6–1.8× as long)."""
+    (A on ties), and bit w of ``came_row[s]`` set where lane w came from B; int16 costs,
+    wrapping around, compared by the sign of their difference. A function of its own, with
+    the lane count a run-time value: so LLVM vectorises the loop over the lanes (with the
+    count a compile-time constant it unrolled it into scalar code instead: the whole search
+    took 1.6–1.8× as long)."""
     for ns in range(sa.shape[0]):
         a, b, ia, ib = sa[ns], sb[ns], ja[ns], jb[ns]
         bits = np.uint32(0)
         for w in range(lanes):
-            via_a = cost[a, w] + j[ia, w]
-            via_b = cost[b, w] + j[ib, w]
-            new[ns, w] = min(via_a, via_b)
-            bits |= np.uint32(via_b < via_a) << np.uint32(w)
+            via_a = np.int16(cost[a, w] + j[ia, w])
+            via_b = np.int16(cost[b, w] + j[ib, w])
+            from_b = np.int16(via_b - via_a) < 0
+            new[ns, w] = via_b if from_b else via_a
+            bits |= np.uint32(from_b) << np.uint32(w)
         came_row[ns] = bits
 
 
 @numba.njit(cache=True, nogil=True)
-def _renormalise(cost):
-    """Subtract each lane's lowest cost from all its states' (float32, exactly as numpy and
-    the C search do)."""
-    for w in range(cost.shape[1]):
-        low = cost[0, w]
-        for s in range(1, cost.shape[0]):
-            if cost[s, w] < low:
-                low = cost[s, w]
-        for s in range(cost.shape[0]):
-            cost[s, w] = cost[s, w] - low
-
-
-@numba.njit(cache=True, nogil=True)
-def viterbi_chains(xs: np.ndarray, lam: float, rates: np.ndarray, edges: np.ndarray) -> np.ndarray:
+def viterbi_chains(xs: np.ndarray, lam: float, rates: np.ndarray, edges: np.ndarray,
+                   scale: float, cap: int, start: int) -> np.ndarray:
     """Indices for ``xs`` (chains × steps, in units of Δ), each chain from state 0. ``edges``
     (states × 5): into state s from (A, its parity) or (B, its parity), with quantizer q;
-    A wins ties. LANES chains at a time (the last group padded with zero weights, whose
-    indices are dropped): each chain's search is the same as alone, so are its indices."""
+    A wins ties; path costs as :func:`rftpack.stages.dq.search_costs` says. LANES chains at
+    a time (the last group padded with zero weights, whose indices are dropped): each
+    chain's search is the same as alone, so are its indices."""
     width, steps = xs.shape
     states = edges.shape[0]
     top = rates.shape[0] - 1
@@ -117,31 +118,28 @@ def viterbi_chains(xs: np.ndarray, lam: float, rates: np.ndarray, edges: np.ndar
     ja, jb = 2 * edges[:, 4] + edges[:, 1], 2 * edges[:, 4] + edges[:, 3]
     came = np.zeros((steps, states), np.uint32)
     indices = np.zeros((steps, 4, LANES))
-    # path costs in float32, renormalised every RENORMALISE steps (rftpack.stages.dq)
-    cost = np.empty((states, LANES), np.float32)
-    new = np.empty((states, LANES), np.float32)
+    cost = np.empty((states, LANES), np.int16)
+    new = np.empty((states, LANES), np.int16)
     j = np.empty((4, LANES))
-    j32 = np.empty((4, LANES), np.float32)
+    jq = np.empty((4, LANES), np.int16)
     k = np.empty((4, LANES))
     state = np.zeros(LANES, np.int64)
     for first in range(0, width, LANES):
         lanes = min(LANES, width - first)
-        cost[:, :] = np.inf
-        cost[0, :] = 0.0
+        cost[:, :] = start
+        cost[0, :] = 0
         for t in range(steps):
             for w in range(LANES):
                 _step_candidates(xs[first + w, t] if w < lanes else 0.0, lam, rates, top,
                                  j, k, w)
             indices[t, :, :] = k
-            j32[:, :] = j
-            _add_compare_select(cost, new, j32, sa, sb, ja, jb, came[t], cost.shape[1])
+            _integer_costs(j, jq, scale, cap)
+            _add_compare_select(cost, new, jq, sa, sb, ja, jb, came[t], cost.shape[1])
             cost, new = new, cost
-            if t % RENORMALISE == RENORMALISE - 1:
-                _renormalise(cost)
         for w in range(lanes):
             best = 0
             for s in range(1, states):  # argmin: the first of equal costs
-                if cost[s, w] < cost[best, w]:
+                if np.int16(cost[s, w] - cost[best, w]) < 0:
                     best = s
             state[w] = best
         # All lanes step back together: one pass over the traceback, which at long chains

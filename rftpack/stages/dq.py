@@ -12,8 +12,8 @@ levels of one quantizer (step 2Δ): trellis-coded quantization. At equal rate on
 states gain about 0.9 dB over plain rounding, 8 states (NNCodec's table) 0.08–0.12 dB more,
 and Ungerboeck's larger trellises more again: over 8 states, 32 gain 0.12–0.13 dB, 64
 0.16–0.20 and 256 (the ``dq`` profile's) 0.24–0.30, each doubling from 64 on costing the
-compiled search about 1.5× the time (per million weights on one thread, numba's: 8 states
-0.03 s, 64 0.045 s, 256 0.1 s; the C search's: 8 states 0.013 s, 64 0.019 s, 256 0.05 s).
+compiled search about 1.4× the time (per million weights on one thread, numba's: 8 states
+0.022 s, 64 0.032 s, 256 0.065 s; the C search's: 8 states 0.010 s, 64 0.012 s, 256 0.023 s).
 The encoder minimises squared error + λ·bits along chains of ``chain`` weights (each
 starting in state 0); the decoder replays the states, which is cheap and exact, whatever
 their number.
@@ -209,7 +209,8 @@ def viterbi(scaled: np.ndarray, lam: float, rates: np.ndarray, chain: int,
     xs = _chains(scaled, chain)
     # Bounded memory: the traceback tables hold chain × states entries per chain.
     group = max(1, NUMPY_TRACEBACK_ENTRIES // (chain * states))
-    out = np.concatenate([_viterbi_numpy(xs[:, c:c + group], lam, rates, EDGES[states])
+    costs = search_costs(lam, rates, states)
+    out = np.concatenate([_viterbi_numpy(xs[:, c:c + group], lam, rates, EDGES[states], *costs)
                           for c in range(0, xs.shape[1], group)], axis=1) if xs.size else \
         np.zeros(xs.shape, np.int64)
     return out.T.reshape(-1)[:n]
@@ -217,35 +218,61 @@ def viterbi(scaled: np.ndarray, lam: float, rates: np.ndarray, chain: int,
 
 def _search_split(search: Callable[..., np.ndarray], lanes: int, scaled: np.ndarray,
                   lam: float, rates: np.ndarray, chain: int, states: int) -> np.ndarray:
-    """A compiled ``search(chains, lam, rates, edges)`` over the chains of ``scaled``, in
-    parts of whole groups of ``lanes`` chains, on several threads when allowed."""
+    """A compiled ``search(chains, lam, rates, edges, scale, cap, start)`` over the chains of
+    ``scaled``, in parts of whole groups of ``lanes`` chains, on several threads when
+    allowed."""
     padded = _padded(scaled, chain, np.float64)
     groups = max(1, min(parallel.threads(), padded.shape[0] // lanes))
     cuts = [lanes * (padded.shape[0] // lanes * i // groups) for i in range(groups)]
     parts = [padded[a:b] for a, b in zip(cuts, cuts[1:] + [padded.shape[0]], strict=True)]
-    k = parallel.run_split(lambda part: search(part, float(lam), rates, EDGES[states]), parts)
+    costs = search_costs(lam, rates, states)
+    k = parallel.run_split(
+        lambda part: search(part, float(lam), rates, EDGES[states], *costs), parts)
     return np.concatenate(k).reshape(-1)[:scaled.shape[0]]
 
 
-#: every search keeps its path costs in float32 (twice the chains per vector and half the
-#: memory of float64: the C search takes 0.05 s per million weights at 256 states, against
-#: 0.08 with float64 costs) and subtracts each chain's lowest cost from them every
-#: RENORMALISE steps, so that they stay small enough for float32 to tell paths apart (on
-#: MiniLM's weights the same indices as with float64). The same numbers in numpy, numba and C:
-#: the same indices
-RENORMALISE = 32
+#: the largest spread of path costs the searches allow (below 2**15, see search_costs)
+COST_SPREAD = (1 << 14) - 1
+
+
+def search_costs(lam: float, rates: np.ndarray, states: int) -> tuple[float, int, int]:
+    """(scale, cap, start) of the searches' path costs, which are 16-bit integers in units of
+    1/scale step² (numpy, numba and C add and compare the same integers: the same indices).
+
+    A step's four candidate costs enter as their excess over the cheapest, times ``scale``,
+    rounded half to even and capped at ``cap``. Every state of these trellises reaches every
+    other in exactly depth = log2(states) steps, so all states' costs lie within depth × cap
+    ≤ COST_SPREAD of the lowest: the costs may wrap around 2**16, and the sign of a 16-bit
+    difference still says which is lower, so they are never renormalised. A candidate's
+    excess is at most 4 + lam × (highest − lowest rate) (its squared error is at most 4
+    step²), so ``scale`` = cap ÷ that never caps a cost. States other than 0 start at
+    ``start``, above every path from state 0 in its first depth steps, and below 2**15 with
+    what they add in them.
+
+    >>> scale, cap, start = search_costs(0.3, np.array([1.5, 2.5, 12.0]), 256)
+    >>> round(scale, 1), cap, start      # 2047 / (4 + 0.3 × (12 − 1.5))
+    (286.3, 2047, 16377)
+    """
+    depth = max(1, states.bit_length() - 1)
+    cap = COST_SPREAD // depth
+    low, high = float(np.min(rates)), float(np.max(rates))
+    if not (math.isfinite(low) and math.isfinite(high) and math.isfinite(lam) and lam >= 0):
+        raise ValueError("dq search: rates and lam must be finite, lam ≥ 0")
+    return cap / (4.0 + lam * (high - low)), cap, depth * cap + 1
+
 
 #: traceback entries (states × steps × chains) the numpy search keeps at once (~1 byte each)
 NUMPY_TRACEBACK_ENTRIES = 1 << 26
 
 
-def _viterbi_numpy(xs: np.ndarray, lam: float, rates: np.ndarray, edges: np.ndarray
-                   ) -> np.ndarray:
-    """Indices (steps × chains) for ``xs`` (steps × chains), all chains a step at a time."""
+def _viterbi_numpy(xs: np.ndarray, lam: float, rates: np.ndarray, edges: np.ndarray,
+                   scale: float, cap: int, start: int) -> np.ndarray:
+    """Indices (steps × chains) for ``xs`` (steps × chains), all chains a step at a time;
+    integer path costs as :func:`search_costs` says."""
     steps, width = xs.shape
     states = edges.shape[0]
-    cost = np.full((states, width), np.inf, np.float32)  # (float32: RENORMALISE)
-    cost[0] = 0.0
+    cost = np.full((states, width), start, np.int16)  # (numpy's int16 arrays wrap around)
+    cost[0] = 0
     top = rates.shape[0] - 1
     # Into state s from A = sa[s] with candidate ja[s], or from B = sb[s] with jb[s]; a
     # candidate is 2·quantizer + parity, one of the step's four best indices.
@@ -287,16 +314,15 @@ def _viterbi_numpy(xs: np.ndarray, lam: float, rates: np.ndarray, edges: np.ndar
         l1o = np.where(straddles, np.where(nearer_first, levels[0], levels[1]),
                        np.where(first_even, levels[1], levels[0]))
         q1 = candidates(l1e, k1e, l1o, k1o, x)
-        j = np.stack([q0[0], q0[2], q1[0], q1[2]]).astype(np.float32)
+        j = np.stack([q0[0], q0[2], q1[0], q1[2]])
+        j = np.minimum(np.rint((j - j.min(axis=0)) * scale), cap).astype(np.int16)
         indices[t] = np.stack([q0[1], q0[3], q1[1], q1[3]])
         via_a, via_b = cost[sa] + j[ja], cost[sb] + j[jb]
-        from_b = via_b < via_a
+        from_b = via_b - via_a < 0
         came[t] = from_b
         cost = np.where(from_b, via_b, via_a)
-        if t % RENORMALISE == RENORMALISE - 1:
-            cost -= cost.min(axis=0)
-    # Trace back from the best final state of every chain.
-    state = np.argmin(cost, axis=0)
+    # Trace back from the best final state of every chain (the first of equal costs).
+    state = np.argmin(cost - cost[0], axis=0)
     out = np.zeros((steps, width), np.int64)
     columns = np.arange(width)
     for t in range(steps - 1, -1, -1):

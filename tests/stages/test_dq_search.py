@@ -89,29 +89,104 @@ def test_the_c_search_hands_weights_it_does_not_take_to_the_others() -> None:
     x = np.array([0.3, 2e9, -1.4, 5.0])
     rates = np.array([1.0, 2.0, 3.0])
     with pytest.raises(OverflowError, match="not finite or too large"):
-        native.dq_viterbi(x[None, :], 0.25, rates, dq.EDGES[4])
+        native.dq_viterbi(x[None, :], 0.25, rates, dq.EDGES[4], *dq.search_costs(0.25, rates, 4))
     with searching_with("numpy"):
         plain = dq.viterbi(x, 0.25, rates, 4, 4)
     np.testing.assert_array_equal(dq.viterbi(x, 0.25, rates, 4, 4), plain)
 
 
-@pytest.mark.parametrize("bad", ["edges", "rates", "lam"])
+@pytest.mark.parametrize("bad", ["edges", "rates", "lam", "scale", "start"])
 def test_the_c_search_refuses_malformed_tables(bad: str) -> None:
     if not native.available():
         pytest.skip("rftpack._native is not built here")
     xs = np.zeros((1, 4))
     edges, rates, lam = dq.EDGES[4].copy(), np.ones(3), 0.25
+    scale, cap, start = dq.search_costs(lam, rates, 4)
     if bad == "edges":
         edges[2, 0] = 4  # a state outside the trellis
         match = "leaves the trellis"
     elif bad == "rates":
         rates = np.ones(0)
         match = "rates"
-    else:
+    elif bad == "lam":
         lam = float("nan")
-        match = "lam must be finite"
+        match = "lam and scale must be finite"
+    elif bad == "scale":
+        scale = float("inf")
+        match = "lam and scale must be finite"
+    else:
+        start = 1 << 15
+        match = r"cap and start in \[0, 32767\]"
     with pytest.raises(ValueError, match=match):
-        native.dq_viterbi(xs, lam, rates, edges)
+        native.dq_viterbi(xs, lam, rates, edges, scale, cap, start)
+
+
+def test_every_state_reaches_every_state_in_log2_states_steps() -> None:
+    """What search_costs' bound on the spread of path costs rests on."""
+    for states, (trans, _) in dq.TRELLISES.items():
+        reach = np.eye(states, dtype=bool)  # reach[a, b]: b is exactly d steps from a
+        for d in range(1, states.bit_length()):
+            after = np.zeros_like(reach)
+            for parity in (0, 1):
+                after[:, trans[:, parity]] |= reach
+            reach = after
+            assert reach.all() == (d == states.bit_length() - 1), (states, d)
+
+
+def _path_cost(x: np.ndarray, k: np.ndarray, lam: float, rates: np.ndarray, states: int) -> float:
+    """Σ (x − level)² + lam · rates[min(|k|, top)] along the trellis from state 0, in float64."""
+    trans, quantizer = dq.TRELLISES[states]
+    state, total = 0, 0.0
+    for xi, ki in zip(x.tolist(), k.tolist(), strict=True):
+        level = 2 * ki - (int(np.sign(ki)) if quantizer[state] else 0)
+        total += (xi - level) ** 2 + lam * rates[min(abs(ki), rates.shape[0] - 1)]
+        state = int(trans[state, ki & 1])
+    return total
+
+
+def _best_cost(x: np.ndarray, lam: float, rates: np.ndarray, states: int
+               ) -> tuple[float, float]:
+    """(the least path cost, the sum of each step's least cost) over every index within 4
+    levels of each weight: a float64 Viterbi search written independently of dq's."""
+    trans, quantizer = dq.TRELLISES[states]
+    top = rates.shape[0] - 1
+    cost = np.full(states, np.inf)
+    cost[0] = 0.0
+    floor = 0.0
+    for xi in x.tolist():
+        nxt = np.full(states, np.inf)
+        centre = int(round(xi / 2))
+        steps = []
+        for k in range(centre - 4, centre + 5):
+            for q in (0, 1):
+                level = 2 * k - (int(np.sign(k)) if q else 0)
+                step = (xi - level) ** 2 + lam * rates[min(abs(k), top)]
+                steps.append(step)
+                sources = np.flatnonzero(quantizer == q)
+                np.minimum.at(nxt, trans[sources, k & 1], cost[sources] + step)
+        cost = nxt
+        floor += min(steps)
+    return float(cost.min()), floor
+
+
+@pytest.mark.parametrize("path", ["numpy", *COMPILED])
+@pytest.mark.parametrize(("states", "lam", "spread", "steps"), [
+    (4, 0.25, 3.0, 600), (16, 0.5, 40.0, 1000), (256, 0.3, 4.0, 2400)])
+def test_integer_path_costs_find_the_least_cost_path(path, states, lam, spread, steps) -> None:
+    """Within what rounding the step costs to 1/scale can lose (steps/scale), over long
+    chains whose 16-bit costs wrap around. (Rates that do not grow with |k| beyond 0: where
+    they do, an index one step farther from x but nearer 0 can be cheaper than the nearer
+    one of its parity, which the search does not weigh.)"""
+    x = np.random.default_rng(states).laplace(0, spread, steps)
+    rates = np.full(int(np.abs(x).max() / 2) + 6, 6.0)
+    rates[0] = 1.0
+    scale = dq.search_costs(lam, rates, states)[0]
+    with searching_with(path):
+        k = dq.viterbi(x, lam, rates, x.shape[0], states)
+    found = _path_cost(x, k, lam, rates, states)
+    best, floor = _best_cost(x, lam, rates, states)
+    assert best - 1e-6 <= found <= best + x.shape[0] / scale
+    assert (found - floor) * scale > 1 << 16  # the path's int16 cost wrapped around
 
 
 def test_archives_are_byte_identical_whichever_search_ran(tmp_path: Path) -> None:
