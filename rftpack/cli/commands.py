@@ -147,7 +147,7 @@ def _hint_numba(options: CompressOptions, console: Console) -> None:
     if lossy is not None and lossy.quantizer.id == "dq" and not native.available() and \
             importlib.util.find_spec("numba") is None:
         console.print("dq: neither rftpack's C extension (built at install where a C compiler "
-                      "is found) nor numba is here, so the trellis searches in numpy, 25–60× "
+                      "is found) nor numba is here, so the trellis searches in numpy, 25–75× "
                       "slower (pip install 'rftpack[fast]' adds numba); the archive is the "
                       "same", highlight=False)
 
@@ -331,10 +331,12 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             profiles.add_row(name, description)
         console.print(profiles)
         fast = document["accelerators"]
-        native_state = "built" if fast["c_extension"] else (
-            "not available (no C compiler at install, or RFTPACK_NO_NATIVE is set): decoding "
-            "falls back to constriction, numba or numpy, dq's search to numba or numpy, to the "
-            "same values")
+        if fast["c_extension"]:
+            native_state = f"built (dq search kernel: {fast['dq_kernel']})"
+        else:
+            native_state = ("not available (no C compiler at install, or RFTPACK_NO_NATIVE is "
+                            "set): decoding falls back to constriction, numba or numpy, dq's "
+                            "search to numba or numpy, to the same values")
         numba_state = "installed" if fast["numba"] else "not installed (pip install rftpack[fast])"
         console.print(f"compiled decoders and dq's trellis search (C extension rftpack._native):"
                       f" {native_state}\n"
@@ -344,12 +346,15 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 
 
 def _accelerators() -> dict[str, bool]:
-    """Which optional compiled code this installation has (the same archives either way)."""
+    """Which optional compiled code this installation has, and the C search's kernel (the
+    widest this CPU runs): the same archives either way."""
     import importlib.util
 
     from rftpack import native
 
-    return {"c_extension": native.available(),
+    built = native.available()
+    return {"c_extension": built,
+            "dq_kernel": native.dq_kernels()[-1] if built else None,
             "numba": importlib.util.find_spec("numba") is not None}
 
 

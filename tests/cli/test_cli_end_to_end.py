@@ -183,11 +183,13 @@ def test_plugins_says_which_compiled_code_is_there() -> None:
 
     fast = json.loads(run_cli("plugins", "--json").stdout)["accelerators"]
     assert fast["c_extension"] is native.available()
-    assert set(fast) == {"c_extension", "numba"}
+    assert set(fast) == {"c_extension", "dq_kernel", "numba"}
+    assert fast["dq_kernel"] == (native.dq_kernels()[-1] if native.available() else None)
     done = run_cli("plugins")  # (human output goes to stderr; stdout is for --json)
     said = " ".join(done.stderr.split())  # (as wrapped to the terminal's width)
     assert "compiled decoders and dq's trellis search" in said
-    assert ("rftpack._native): built" if native.available() else "not available") in said
+    assert (f"rftpack._native): built (dq search kernel: {fast['dq_kernel']})"
+            if native.available() else "not available") in said
     off = subprocess.run([sys.executable, "-m", "rftpack", "plugins", "--json"],
                          capture_output=True, text=True,
                          env={**os.environ, "RFTPACK_NO_NATIVE": "1"})
