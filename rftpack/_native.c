@@ -532,7 +532,9 @@ static inline double rate_of(const double *restrict rates, double top, double k)
 
 /* The step's four best (cost, k) for every lane: Q0 even and odd parity, Q1 even and odd;
  * _dq_jit._step_candidates' arithmetic, branch-free. Costs go out as integers: each one's
- * excess over the lane's cheapest, times scale, rounded (half to even) and capped. */
+ * excess over the lane's cheapest, times scale, rounded (half to even) and capped. They must
+ * round exactly as numpy's do, so the build's -ffp-contract=off (pyproject.toml) matters: the
+ * AVX2 and AVX-512 copies could otherwise fuse multiply-adds. */
 static inline __attribute__((always_inline)) void step_candidates(
     const Trellis *tr, const double *restrict x, CostRow *restrict j,
     int32_t (*restrict k)[VITERBI_LANES]) {
@@ -681,14 +683,16 @@ static inline __attribute__((always_inline)) void search_group(
     for (Py_ssize_t t = 0; t < steps; t++) {
         for (int w = 0; w < lanes; w++) x[w] = xs[w * steps + t];
         step_candidates(tr, x, j, kept[t]);
+        /* (the casts: const is added to a pointer to arrays implicitly only from C23 on) */
+        const CostRow *now = (const CostRow *)cost, *step = (const CostRow *)j;
 #ifdef X86_KERNELS
         if (kernel == KERNEL_AVX512)
-            acs_avx512(tr, cost, j, next, came + t * states);
+            acs_avx512(tr, now, step, next, came + t * states);
         else if (kernel == KERNEL_AVX2)
-            acs_avx2(tr, cost, j, next, came + t * states);
+            acs_avx2(tr, now, step, next, came + t * states);
         else
 #endif
-            acs_portable(tr, cost, j, next, came + t * states);
+            acs_portable(tr, now, step, next, came + t * states);
         CostRow *swap = cost;
         cost = next, next = swap;
     }

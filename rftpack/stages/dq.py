@@ -231,6 +231,10 @@ def _search_split(search: Callable[..., np.ndarray], lanes: int, scaled: np.ndar
     return np.concatenate(k).reshape(-1)[:scaled.shape[0]]
 
 
+#: the largest lam a dq stage takes (beyond it bits outweigh any error: every index is 0;
+#: and lam × the rates' range must stay finite for search_costs)
+MAX_LAM = 1e6
+
 #: the largest spread of path costs the searches allow (below 2**15, see search_costs)
 COST_SPREAD = (1 << 14) - 1
 
@@ -255,10 +259,10 @@ def search_costs(lam: float, rates: np.ndarray, states: int) -> tuple[float, int
     """
     depth = max(1, states.bit_length() - 1)
     cap = COST_SPREAD // depth
-    low, high = float(np.min(rates)), float(np.max(rates))
-    if not (math.isfinite(low) and math.isfinite(high) and math.isfinite(lam) and lam >= 0):
+    bound = 4.0 + lam * (float(np.max(rates)) - float(np.min(rates)))
+    if not (lam >= 0 and math.isfinite(bound)):  # (NaN fails both)
         raise ValueError("dq search: rates and lam must be finite, lam ≥ 0")
-    return cap / (4.0 + lam * (high - low)), cap, depth * cap + 1
+    return cap / bound, cap, depth * cap + 1
 
 
 #: traceback entries (states × steps × chains) the numpy search keeps at once (~1 byte each)
@@ -266,12 +270,14 @@ NUMPY_TRACEBACK_ENTRIES = 1 << 26
 
 
 def _viterbi_numpy(xs: np.ndarray, lam: float, rates: np.ndarray, edges: np.ndarray,
-                   scale: float, cap: int, start: int) -> np.ndarray:
+                   scale: float, cap: int, start: int, cost_dtype: type = np.int16
+                   ) -> np.ndarray:
     """Indices (steps × chains) for ``xs`` (steps × chains), all chains a step at a time;
-    integer path costs as :func:`search_costs` says."""
+    integer path costs as :func:`search_costs` says (``cost_dtype`` int64: the same sums,
+    never wrapping around, for tests of the argument)."""
     steps, width = xs.shape
     states = edges.shape[0]
-    cost = np.full((states, width), start, np.int16)  # (numpy's int16 arrays wrap around)
+    cost = np.full((states, width), start, cost_dtype)  # (numpy's int16 arrays wrap around)
     cost[0] = 0
     top = rates.shape[0] - 1
     # Into state s from A = sa[s] with candidate ja[s], or from B = sb[s] with jb[s]; a
@@ -315,7 +321,7 @@ def _viterbi_numpy(xs: np.ndarray, lam: float, rates: np.ndarray, edges: np.ndar
                        np.where(first_even, levels[1], levels[0]))
         q1 = candidates(l1e, k1e, l1o, k1o, x)
         j = np.stack([q0[0], q0[2], q1[0], q1[2]])
-        j = np.minimum(np.rint((j - j.min(axis=0)) * scale), cap).astype(np.int16)
+        j = np.minimum(np.rint((j - j.min(axis=0)) * scale), cap).astype(cost_dtype)
         indices[t] = np.stack([q0[1], q0[3], q1[1], q1[3]])
         via_a, via_b = cost[sa] + j[ja], cost[sb] + j[jb]
         from_b = via_b - via_a < 0
@@ -500,8 +506,8 @@ class DependentQuantizer(SteppedQuantizer):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not (isinstance(self.lam, int | float) and not isinstance(self.lam, bool)
-                and math.isfinite(self.lam) and self.lam >= 0):
-            raise StageError(f"dq: lam must be a finite number ≥ 0, got {self.lam!r}")
+                and 0 <= self.lam <= MAX_LAM):
+            raise StageError(f"dq: lam must be a number in [0, {MAX_LAM:g}], got {self.lam!r}")
         if type(self.chain) is not int or not 1 <= self.chain <= 1 << 16:
             raise StageError(f"dq: chain must be an integer in [1, 65536], got {self.chain!r}")
         if type(self.states) is not int or self.states not in TRELLISES:

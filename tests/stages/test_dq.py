@@ -174,7 +174,8 @@ def test_bad_side_info(side: dict) -> None:
         DependentQuantizer().dequantize({"codes": np.zeros(3, np.uint16)}, side, 3)
 
 
-@pytest.mark.parametrize("config", [{"chain": 0}, {"lam": -1.0}, {"step": 0, "rel_step": 0},
+@pytest.mark.parametrize("config", [{"chain": 0}, {"lam": -1.0}, {"lam": float("nan")},
+                                    {"lam": 1e300}, {"step": 0, "rel_step": 0},
                                     {"states": 12}, {"states": 512}, {"states": True},
                                     {"states": 4.0}])
 def test_bad_config(config: dict) -> None:

@@ -121,6 +121,64 @@ def test_the_c_search_refuses_malformed_tables(bad: str) -> None:
         native.dq_viterbi(xs, lam, rates, edges, scale, cap, start)
 
 
+def test_cost_units_keep_every_sum_inside_16_bits() -> None:
+    """search_costs' invariants, for every trellis: the spread of costs (depth × cap) below
+    2**14, the states other than 0 starting above any path from state 0 in its first depth
+    steps, and those starting costs plus what they add in them below 2**15."""
+    rates = np.array([1.0, 2.5, 40.0])
+    for states in dq.TRELLISES:
+        depth = states.bit_length() - 1
+        scale, cap, start = dq.search_costs(0.3, rates, states)
+        assert depth * cap <= dq.COST_SPREAD < 1 << 14
+        assert start == depth * cap + 1 and start + depth * cap <= (1 << 15) - 1
+        assert scale * (4.0 + 0.3 * (40.0 - 1.0)) <= cap  # no candidate is ever capped
+    with pytest.raises(ValueError, match="finite"):
+        dq.search_costs(0.3, np.array([0.0, np.inf]), 8)
+
+
+@pytest.mark.parametrize("states", [4, 8, 256])
+def test_wrapping_int16_costs_choose_what_unbounded_integers_do(states: int) -> None:
+    """Inputs that drive the spread of path costs to its bound (weights at 0, a steep rate
+    table, a large lam), searched with int16 costs that wrap around and with int64 costs that
+    never do: the same indices. And exact halves of a unit, which round to even."""
+    rng = np.random.default_rng(states)
+    rates = np.concatenate([[0.0], 1000.0 + rng.uniform(0, 5, 40)])
+    cases = [(rng.normal(0, 0.05, (400, 64)), 10.0),
+             (rng.laplace(0, 2.0, (400, 64)), 10.0),
+             (np.full((50, 64), 0.5), 0.0)]  # 8 states: 2730.5 units
+    for xs, lam in cases:
+        costs = dq.search_costs(lam, rates, states)
+        wrapped = dq._viterbi_numpy(xs, lam, rates, dq.EDGES[states], *costs)
+        exact = dq._viterbi_numpy(xs, lam, rates, dq.EDGES[states], *costs,
+                                  cost_dtype=np.int64)
+        np.testing.assert_array_equal(wrapped, exact)
+        for path in COMPILED:
+            with contextlib.suppress(pytest.skip.Exception), searching_with(path):
+                np.testing.assert_array_equal(
+                    dq.viterbi(xs.T.reshape(-1), lam, rates, xs.shape[0], states),
+                    wrapped.T.reshape(-1), path)
+
+
+@pytest.mark.parametrize("path", ["numpy", *COMPILED, "each C kernel"])
+def test_candidate_costs_round_half_to_even(path: str) -> None:
+    """A chain on which rounding a candidate's half unit (585 units a step² here) up instead
+    of to even changes the chosen indices: every search must round the same way."""
+    x = np.array([-2.0, -1.5, -1.75, -0.5, -1.75, -1.75])
+    rates = np.array([1.0, 2.0, 3.0, 3.0, 4.0])
+    assert dq.search_costs(1.0, rates, 16)[0] == 585.0
+    expected = [-1, -1, -1, 0, -1, -1]  # half up: [-1, 0, -1, 0, -1, -1]
+    if path != "each C kernel":
+        with searching_with(path):
+            assert dq.viterbi(x, 1.0, rates, 6, 16).tolist() == expected
+        return
+    if not native.available():
+        pytest.skip("rftpack._native is not built here")
+    for kernel in native.dq_kernels():
+        found = native.dq_viterbi(x[None, :], 1.0, rates, dq.EDGES[16],
+                                  *dq.search_costs(1.0, rates, 16), kernel=kernel)
+        assert found[0].tolist() == expected, kernel
+
+
 def test_every_state_reaches_every_state_in_log2_states_steps() -> None:
     """What search_costs' bound on the spread of path costs rests on."""
     for states, (trans, _) in dq.TRELLISES.items():
