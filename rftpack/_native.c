@@ -735,6 +735,15 @@ __attribute__((target("avx512f,avx512bw"))) static void search_avx512(SEARCH_ARG
 }
 #endif
 
+/* Each kernel's search, by kernel number (a kernel the build lacks is never runnable) */
+static void (*const SEARCHES[KERNEL_COUNT])(SEARCH_ARGS) = {
+#ifdef X86_KERNELS
+    search_portable, search_avx2, search_avx512,
+#else
+    search_portable, search_portable, search_portable,
+#endif
+};
+
 /* The kernels this CPU runs: bit k for kernel k */
 static int runnable_kernels(void) {
     int mask = 1 << KERNEL_PORTABLE;
@@ -834,16 +843,8 @@ static PyObject *dq_viterbi(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t first = 0; first < width; first += VITERBI_LANES) {
         const int lanes = (int)(width - first < VITERBI_LANES ? width - first : VITERBI_LANES);
-        const double *group = x + first * steps;
-#ifdef X86_KERNELS
-        if (kernel == KERNEL_AVX512)
-            search_avx512(&tr, group, steps, lanes, o + first * steps, came, kept, cost, next);
-        else if (kernel == KERNEL_AVX2)
-            search_avx2(&tr, group, steps, lanes, o + first * steps, came, kept, cost, next);
-        else
-#endif
-            search_portable(&tr, group, steps, lanes, o + first * steps, came, kept, cost,
-                            next);
+        SEARCHES[kernel](&tr, x + first * steps, steps, lanes, o + first * steps, came, kept,
+                         cost, next);
     }
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
