@@ -514,10 +514,21 @@ typedef struct {
     double lam, scale;
     int16_t cap, start; /* a candidate's cost above the step's cheapest is at most cap */
     const double *rates;
-    const int32_t *sa, *sb, *ja, *jb; /* into state s from sa[s] with candidate ja[s], or sb/jb */
+    /* back[2s + b], pick[2s + b]: state s comes from state back[2s] (A) by candidate pick[2s],
+     * or from back[2s + 1] (B) by pick[2s + 1] */
+    const int32_t *back, *pick;
+    /* butterflies (p, q, u, v): u and v both come from p (A) or q (B), u by candidates
+     * 2Q (from p) and 2Q + 1 (from q), v by 2Q + 1 and 2Q; those of quantizer Q = 0 first,
+     * `split` of them */
+    const int32_t *fly;
+    Py_ssize_t split;
 } Trellis;
 
 typedef int16_t CostRow[VITERBI_LANES];
+
+/* the weights are read, and the indices written, in blocks of this many steps of every lane:
+ * one row (one chain) at a time, not a step of 32 rows at a time */
+#define BLOCK_STEPS 64
 
 /* Is the integral double v even?  (the parity of int(v), without a conversion, so that the
  * candidate loop vectorises) */
@@ -593,57 +604,80 @@ static inline __attribute__((always_inline)) void step_candidates(
 }
 
 /* One step of every state for all lanes: into state s the cheaper of A and B (A on ties),
- * bit w of row[s] set where lane w came from B. The flags are packed eight at a time with a
- * multiply, as compilers do not vectorise a 32-bit mask's assembly well (with SSE2 at 256
- * states: 0.072 s per million weights, 0.25 with the bits OR-ed in lane by lane). */
+ * bit w of row[s] set where lane w came from B. Butterfly by butterfly: its two states share
+ * their inputs, and a quantizer's two candidates, which its loop holds throughout. The flags
+ * are packed eight at a time with a multiply, as compilers do not vectorise a 32-bit mask's
+ * assembly well (with SSE2 at 256 states: 0.072 s per million weights, 0.25 with the bits
+ * OR-ed in lane by lane). */
+static inline __attribute__((always_inline)) void acs_lanes(
+    const int16_t *restrict ca, const int16_t *restrict xa, const int16_t *restrict cb,
+    const int16_t *restrict xb, int16_t *restrict next, uint32_t *restrict row) {
+    uint8_t from_b[VITERBI_LANES];
+    for (int w = 0; w < VITERBI_LANES; w++) {
+        const uint16_t via_a = (uint16_t)((uint16_t)ca[w] + (uint16_t)xa[w]);
+        const uint16_t via_b = (uint16_t)((uint16_t)cb[w] + (uint16_t)xb[w]);
+        const uint16_t diff = (uint16_t)(via_b - via_a);
+        const uint16_t take_b = (uint16_t)-(diff >> 15); /* all ones where b < a */
+        next[w] = (int16_t)((via_a & ~take_b) | (via_b & take_b));
+        from_b[w] = (uint8_t)(diff >> 15);
+    }
+    uint32_t bits = 0;
+    for (int g = 0; g < VITERBI_LANES / 8; g++) { /* 8 flags (0 or 1) into a byte */
+        uint64_t flags;
+        memcpy(&flags, from_b + 8 * g, 8);
+        bits |= (uint32_t)((flags * UINT64_C(0x0102040810204080)) >> 56) << (8 * g);
+    }
+    *row = bits;
+}
+
 static void acs_portable(const Trellis *tr, const CostRow *restrict cost,
                          const CostRow *restrict j, CostRow *restrict next,
                          uint32_t *restrict row) {
-    const int32_t *sa = tr->sa, *sb = tr->sb, *ja = tr->ja, *jb = tr->jb;
-    const Py_ssize_t states = tr->states;
-    for (Py_ssize_t s = 0; s < states; s++) {
-        const int16_t *ca = cost[sa[s]], *cb = cost[sb[s]], *xa = j[ja[s]], *xb = j[jb[s]];
-        uint8_t from_b[VITERBI_LANES];
-        for (int w = 0; w < VITERBI_LANES; w++) {
-            const uint16_t via_a = (uint16_t)((uint16_t)ca[w] + (uint16_t)xa[w]);
-            const uint16_t via_b = (uint16_t)((uint16_t)cb[w] + (uint16_t)xb[w]);
-            const uint16_t diff = (uint16_t)(via_b - via_a);
-            const uint16_t take_b = (uint16_t)-(diff >> 15); /* all ones where b < a */
-            next[s][w] = (int16_t)((via_a & ~take_b) | (via_b & take_b));
-            from_b[w] = (uint8_t)(diff >> 15);
-        }
-        uint32_t bits = 0;
-        for (int g = 0; g < VITERBI_LANES / 8; g++) { /* 8 flags (0 or 1) into a byte */
-            uint64_t flags;
-            memcpy(&flags, from_b + 8 * g, 8);
-            bits |= (uint32_t)((flags * UINT64_C(0x0102040810204080)) >> 56) << (8 * g);
-        }
-        row[s] = bits;
+    const Py_ssize_t flies = tr->states / 2;
+    for (Py_ssize_t f = 0; f < flies; f++) {
+        const int32_t *fly = tr->fly + 4 * f;
+        const int16_t *x = j[f < tr->split ? 0 : 2], *y = j[f < tr->split ? 1 : 3];
+        const int16_t *cp = cost[fly[0]], *cq = cost[fly[1]];
+        acs_lanes(cp, x, cq, y, next[fly[2]], row + fly[2]);
+        acs_lanes(cp, y, cq, x, next[fly[3]], row + fly[3]);
     }
 }
 
 #ifdef X86_KERNELS
+/* into `next`, the cheaper of ca + xa and cb + xb (the first on ties); the 32 lanes' flags
+ * into `row` */
+__attribute__((target("avx2"))) static inline void acs_avx2_state(
+    const __m256i *ca, __m256i xa0, __m256i xa1, const __m256i *cb, __m256i xb0, __m256i xb1,
+    __m256i *next, uint32_t *row) {
+    const __m256i a0 = _mm256_add_epi16(_mm256_loadu_si256(ca), xa0);
+    const __m256i a1 = _mm256_add_epi16(_mm256_loadu_si256(ca + 1), xa1);
+    const __m256i b0 = _mm256_add_epi16(_mm256_loadu_si256(cb), xb0);
+    const __m256i b1 = _mm256_add_epi16(_mm256_loadu_si256(cb + 1), xb1);
+    const __m256i from_b0 = _mm256_srai_epi16(_mm256_sub_epi16(b0, a0), 15); /* ones: b < a */
+    const __m256i from_b1 = _mm256_srai_epi16(_mm256_sub_epi16(b1, a1), 15);
+    _mm256_storeu_si256(next, _mm256_blendv_epi8(a0, b0, from_b0));
+    _mm256_storeu_si256(next + 1, _mm256_blendv_epi8(a1, b1, from_b1));
+    /* 32 lanes' signs as bytes, in lane order (packs interleaves the 128-bit halves) */
+    const __m256i bytes = _mm256_permute4x64_epi64(_mm256_packs_epi16(from_b0, from_b1), 0xD8);
+    *row = (uint32_t)_mm256_movemask_epi8(bytes);
+}
+
 __attribute__((target("avx2"))) static void acs_avx2(const Trellis *tr, const CostRow *cost,
                                                      const CostRow *j, CostRow *next,
                                                      uint32_t *row) {
-    const int32_t *sa = tr->sa, *sb = tr->sb, *ja = tr->ja, *jb = tr->jb;
-    const Py_ssize_t states = tr->states;
-    for (Py_ssize_t s = 0; s < states; s++) {
-        const __m256i *ca = (const __m256i *)cost[sa[s]], *cb = (const __m256i *)cost[sb[s]];
-        const __m256i *xa = (const __m256i *)j[ja[s]], *xb = (const __m256i *)j[jb[s]];
-        __m256i from_b[2];
-        for (int h = 0; h < 2; h++) {
-            const __m256i a = _mm256_add_epi16(_mm256_loadu_si256(ca + h),
-                                               _mm256_loadu_si256(xa + h));
-            const __m256i b = _mm256_add_epi16(_mm256_loadu_si256(cb + h),
-                                               _mm256_loadu_si256(xb + h));
-            from_b[h] = _mm256_srai_epi16(_mm256_sub_epi16(b, a), 15); /* all ones: b < a */
-            _mm256_storeu_si256((__m256i *)next[s] + h, _mm256_blendv_epi8(a, b, from_b[h]));
+    const Py_ssize_t flies = tr->states / 2;
+    for (int q = 0; q < 2; q++) {
+        const __m256i x0 = _mm256_loadu_si256((const __m256i *)j[2 * q]);
+        const __m256i x1 = _mm256_loadu_si256((const __m256i *)j[2 * q] + 1);
+        const __m256i y0 = _mm256_loadu_si256((const __m256i *)j[2 * q + 1]);
+        const __m256i y1 = _mm256_loadu_si256((const __m256i *)j[2 * q + 1] + 1);
+        for (Py_ssize_t f = q ? tr->split : 0; f < (q ? flies : tr->split); f++) {
+            const int32_t *fly = tr->fly + 4 * f;
+            const __m256i *cp = (const __m256i *)cost[fly[0]];
+            const __m256i *cq = (const __m256i *)cost[fly[1]];
+            acs_avx2_state(cp, x0, x1, cq, y0, y1, (__m256i *)next[fly[2]], row + fly[2]);
+            acs_avx2_state(cp, y0, y1, cq, x0, x1, (__m256i *)next[fly[3]], row + fly[3]);
         }
-        /* 32 lanes' signs as bytes, in lane order (packs interleaves the 128-bit halves) */
-        const __m256i bytes = _mm256_permute4x64_epi64(_mm256_packs_epi16(from_b[0], from_b[1]),
-                                                       0xD8);
-        row[s] = (uint32_t)_mm256_movemask_epi8(bytes);
     }
 }
 
@@ -652,16 +686,22 @@ __attribute__((target("avx512f,avx512bw"))) static void acs_avx512(const Trellis
                                                                    const CostRow *j,
                                                                    CostRow *next,
                                                                    uint32_t *row) {
-    const int32_t *sa = tr->sa, *sb = tr->sb, *ja = tr->ja, *jb = tr->jb;
-    const Py_ssize_t states = tr->states;
-    for (Py_ssize_t s = 0; s < states; s++) {
-        const __m512i a = _mm512_add_epi16(_mm512_loadu_si512(cost[sa[s]]),
-                                           _mm512_loadu_si512(j[ja[s]]));
-        const __m512i b = _mm512_add_epi16(_mm512_loadu_si512(cost[sb[s]]),
-                                           _mm512_loadu_si512(j[jb[s]]));
-        const __mmask32 from_b = _mm512_movepi16_mask(_mm512_sub_epi16(b, a));
-        _mm512_storeu_si512(next[s], _mm512_mask_blend_epi16(from_b, a, b));
-        row[s] = (uint32_t)from_b;
+    const Py_ssize_t flies = tr->states / 2;
+    for (int q = 0; q < 2; q++) {
+        const __m512i x = _mm512_loadu_si512(j[2 * q]), y = _mm512_loadu_si512(j[2 * q + 1]);
+        for (Py_ssize_t f = q ? tr->split : 0; f < (q ? flies : tr->split); f++) {
+            const int32_t *fly = tr->fly + 4 * f;
+            const __m512i cp = _mm512_loadu_si512(cost[fly[0]]);
+            const __m512i cq = _mm512_loadu_si512(cost[fly[1]]);
+            const __m512i au = _mm512_add_epi16(cp, x), bu = _mm512_add_epi16(cq, y);
+            const __m512i av = _mm512_add_epi16(cp, y), bv = _mm512_add_epi16(cq, x);
+            const __mmask32 u_from_b = _mm512_movepi16_mask(_mm512_sub_epi16(bu, au));
+            const __mmask32 v_from_b = _mm512_movepi16_mask(_mm512_sub_epi16(bv, av));
+            _mm512_storeu_si512(next[fly[2]], _mm512_mask_blend_epi16(u_from_b, au, bu));
+            _mm512_storeu_si512(next[fly[3]], _mm512_mask_blend_epi16(v_from_b, av, bv));
+            row[fly[2]] = (uint32_t)u_from_b;
+            row[fly[3]] = (uint32_t)v_from_b;
+        }
     }
 }
 #endif
@@ -675,14 +715,18 @@ static inline __attribute__((always_inline)) void search_group(
     uint32_t *came, int32_t (*kept)[4][VITERBI_LANES], CostRow *cost, CostRow *next,
     int kernel) {
     const Py_ssize_t states = tr->states;
-    double x[VITERBI_LANES];
+    double x[BLOCK_STEPS][VITERBI_LANES]; /* the weights of BLOCK_STEPS steps, lane by lane */
     CostRow j[4];
     for (Py_ssize_t s = 0; s < states; s++)
         for (int w = 0; w < VITERBI_LANES; w++) cost[s][w] = s ? tr->start : 0;
-    for (int w = 0; w < VITERBI_LANES; w++) x[w] = 0.0;
+    memset(x, 0, sizeof x);
     for (Py_ssize_t t = 0; t < steps; t++) {
-        for (int w = 0; w < lanes; w++) x[w] = xs[w * steps + t];
-        step_candidates(tr, x, j, kept[t]);
+        if (t % BLOCK_STEPS == 0) {
+            const Py_ssize_t block = steps - t < BLOCK_STEPS ? steps - t : BLOCK_STEPS;
+            for (int w = 0; w < lanes; w++)
+                for (Py_ssize_t b = 0; b < block; b++) x[b][w] = xs[w * steps + t + b];
+        }
+        step_candidates(tr, x[t % BLOCK_STEPS], j, kept[t]);
         /* (the casts: const is added to a pointer to arrays implicitly only from C23 on) */
         const CostRow *now = (const CostRow *)cost, *step = (const CostRow *)j;
 #ifdef X86_KERNELS
@@ -704,19 +748,23 @@ static inline __attribute__((always_inline)) void search_group(
                 best = s;
         state[w] = best;
     }
-    /* all lanes step back together: one pass over the traceback */
+    /* all lanes step back together: one pass over the traceback, without branches (which
+     * way a lane came is a coin toss to the branch predictor) */
+    const int32_t *back = tr->back, *pick = tr->pick;
     for (Py_ssize_t t = steps - 1; t >= 0; t--) {
         const uint32_t *row = came + t * states;
+        int32_t(*k)[VITERBI_LANES] = kept[t];
         for (int w = 0; w < lanes; w++) {
-            const Py_ssize_t s = state[w];
-            if ((row[s] >> w) & 1) {
-                out[w * steps + t] = kept[t][tr->jb[s]][w];
-                state[w] = tr->sb[s];
-            } else {
-                out[w * steps + t] = kept[t][tr->ja[s]][w];
-                state[w] = tr->sa[s];
-            }
+            const Py_ssize_t i = 2 * state[w] + (row[state[w]] >> w & 1);
+            k[0][w] = k[pick[i]][w]; /* the chosen index, where the transpose below finds it */
+            state[w] = back[i];
         }
+    }
+    /* out, lane by lane, in blocks of steps that stay in cache */
+    for (Py_ssize_t t0 = 0; t0 < steps; t0 += BLOCK_STEPS) {
+        const Py_ssize_t t1 = steps - t0 < BLOCK_STEPS ? steps : t0 + BLOCK_STEPS;
+        for (int w = 0; w < lanes; w++)
+            for (Py_ssize_t t = t0; t < t1; t++) out[w * steps + t] = kept[t][0][w];
     }
 }
 
@@ -770,6 +818,37 @@ static PyObject *dq_kernels(PyObject *self, PyObject *args) {
     return names;
 }
 
+/* The butterflies (p, q, u, v) of checked `edges` into `fly` (2 x states entries), those of
+ * quantizer 0 first (`split` of them): the states u, v that both come from p (as A) or q
+ * (as B), u with parities (0, 1), v with (1, 0). `seen`: states entries of scratch. 1 when
+ * the trellis is not so made (every trellis of rftpack/stages/dq.py is). */
+static int butterflies(const int64_t *edge, Py_ssize_t states, int32_t *fly, int32_t *seen,
+                       Py_ssize_t *split) {
+    Py_ssize_t count = 0;
+    if (states % 2) return 1;
+    memset(seen, 0, (size_t)states * sizeof(int32_t));
+    for (int q = 0; q < 2; q++) {
+        if (q == 1) *split = count;
+        for (Py_ssize_t u = 0; u < states; u++) {
+            const int64_t *eu = edge + 5 * u;
+            if (eu[4] != q || eu[1] != 0) continue;
+            Py_ssize_t v = -1;
+            for (Py_ssize_t s = 0; s < states && v < 0; s++) {
+                const int64_t *es = edge + 5 * s;
+                if (es[0] == eu[0] && es[2] == eu[2] && es[1] == 1) v = s;
+            }
+            if (v < 0 || count == states / 2 || seen[u] || seen[v]) return 1;
+            const int64_t *ev = edge + 5 * v;
+            if (eu[3] != 1 || ev[3] != 0 || ev[4] != q) return 1;
+            seen[u] = seen[v] = 1;
+            fly[4 * count] = (int32_t)eu[0], fly[4 * count + 1] = (int32_t)eu[2];
+            fly[4 * count + 2] = (int32_t)u, fly[4 * count + 3] = (int32_t)v;
+            count++;
+        }
+    }
+    return 2 * count != states;
+}
+
 static PyObject *dq_viterbi(PyObject *self, PyObject *args) {
     Py_buffer xs, rates, edges, out;
     Py_ssize_t steps;
@@ -812,11 +891,12 @@ static PyObject *dq_viterbi(PyObject *self, PyObject *args) {
         }
     }
     const int64_t *edge = edges.buf;
-    links = PyMem_Malloc(4 * states * sizeof(int32_t));
+    links = PyMem_Malloc(7 * states * sizeof(int32_t));
     if (links == NULL) {
         PyErr_NoMemory();
         goto done;
     }
+    int32_t *back = links, *pick = links + 2 * states, *fly = links + 4 * states;
     for (Py_ssize_t s = 0; s < states; s++) {
         const int64_t *e = edge + 5 * s;
         if (e[0] < 0 || e[0] >= states || e[2] < 0 || e[2] >= states ||
@@ -824,12 +904,16 @@ static PyObject *dq_viterbi(PyObject *self, PyObject *args) {
             PyErr_SetString(PyExc_ValueError, "dq search: an edge leaves the trellis");
             goto done;
         }
-        links[s] = (int32_t)e[0], links[states + s] = (int32_t)e[2];
-        links[2 * states + s] = (int32_t)(2 * e[4] + e[1]);
-        links[3 * states + s] = (int32_t)(2 * e[4] + e[3]);
+        back[2 * s] = (int32_t)e[0], back[2 * s + 1] = (int32_t)e[2];
+        pick[2 * s] = (int32_t)(2 * e[4] + e[1]), pick[2 * s + 1] = (int32_t)(2 * e[4] + e[3]);
+    }
+    Py_ssize_t split = 0;
+    if (butterflies(edge, states, fly, links + 6 * states, &split)) {
+        PyErr_SetString(PyExc_ValueError, "dq search: the trellis is not made of butterflies");
+        goto done;
     }
     const Trellis tr = {states, top, lam, scale, (int16_t)cap, (int16_t)start, rates.buf,
-                        links, links + states, links + 2 * states, links + 3 * states};
+                        back, pick, fly, split};
     came = PyMem_RawMalloc((size_t)steps * (size_t)states * sizeof(uint32_t));
     kept = PyMem_RawMalloc((size_t)steps * 4 * VITERBI_LANES * sizeof(int32_t));
     cost = PyMem_RawMalloc((size_t)states * sizeof(CostRow));

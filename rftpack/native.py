@@ -9,7 +9,7 @@ all return the same values.
 Why it exists: constriction decodes a rANS symbol in ~18 ns and numba's compiled decoder in
 ~5 ns, but numba's start-up costs ~0.75 s a process, more than it saves on a model of MiniLM's
 size. This module loads in about a millisecond and decodes in numba's time; its ``dq`` search
-takes ~0.023 s per million weights at 256 states, numba's 0.065 (numpy's ~1.7).
+takes ~0.014 s per million weights at 256 states, numba's 0.065 (numpy's ~1.8).
 
 Example:
     >>> import numpy as np

@@ -13,7 +13,7 @@ states gain about 0.9 dB over plain rounding, 8 states (NNCodec's table) 0.08–
 and Ungerboeck's larger trellises more again: over 8 states, 32 gain 0.12–0.13 dB, 64
 0.16–0.20 and 256 (the ``dq`` profile's) 0.24–0.30, each doubling from 64 on costing the
 compiled search about 1.4× the time (per million weights on one thread, numba's: 8 states
-0.022 s, 64 0.032 s, 256 0.065 s; the C search's: 8 states 0.010 s, 64 0.012 s, 256 0.023 s).
+0.022 s, 64 0.032 s, 256 0.065 s; the C search's: 8 states 0.006 s, 64 0.007 s, 256 0.014 s).
 The encoder minimises squared error + λ·bits along chains of ``chain`` weights (each
 starting in state 0); the decoder replays the states, which is cheap and exact, whatever
 their number.

@@ -95,7 +95,7 @@ def test_the_c_search_hands_weights_it_does_not_take_to_the_others() -> None:
     np.testing.assert_array_equal(dq.viterbi(x, 0.25, rates, 4, 4), plain)
 
 
-@pytest.mark.parametrize("bad", ["edges", "rates", "lam", "scale", "start"])
+@pytest.mark.parametrize("bad", ["edges", "butterflies", "rates", "lam", "scale", "start"])
 def test_the_c_search_refuses_malformed_tables(bad: str) -> None:
     if not native.available():
         pytest.skip("rftpack._native is not built here")
@@ -105,6 +105,9 @@ def test_the_c_search_refuses_malformed_tables(bad: str) -> None:
     if bad == "edges":
         edges[2, 0] = 4  # a state outside the trellis
         match = "leaves the trellis"
+    elif bad == "butterflies":  # state 0 entered by parity 0 from both its inputs
+        edges[0, 3] = 0
+        match = "not made of butterflies"
     elif bad == "rates":
         rates = np.ones(0)
         match = "rates"
