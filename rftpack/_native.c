@@ -310,6 +310,190 @@ done:
     return result;
 }
 
+/* A symbol's encoding step: state -> (state / f) << 24 | (lo + state % f), with the division
+ * done as a multiply by a reciprocal (rcp, shift: exact for every 64-bit state, as in
+ * ryg_rans's rans64.h) where the compiler has 128-bit integers: the state becomes
+ * state + bias + q * complement, q the quotient. `limit` = f << 40: a state at or above it
+ * pushes a word first. */
+typedef struct {
+    uint64_t limit, rcp, bias, complement;
+    int shift;
+} EncodeSymbol;
+
+static void encode_symbol_init(EncodeSymbol *e, uint64_t lo, uint64_t frequency) {
+    e->limit = frequency << (64 - PRECISION);
+    e->complement = (UINT64_C(1) << PRECISION) - frequency;
+#ifdef __SIZEOF_INT128__
+    if (frequency < 2) { /* q = state: rcp = 2**64 - 1 gives state - 1, the bias adds it back */
+        e->rcp = ~UINT64_C(0);
+        e->shift = 0;
+        e->bias = lo + (UINT64_C(1) << PRECISION) - 1;
+    } else {
+        int shift = 0;
+        while (frequency > (UINT64_C(1) << shift)) shift++;
+        const unsigned __int128 one = 1;
+        e->rcp = (uint64_t)(((one << (shift + 63)) + frequency - 1) / frequency);
+        e->shift = shift - 1;
+        e->bias = lo;
+    }
+#else
+    e->rcp = frequency; /* divided outright */
+    e->shift = 0;
+    e->bias = lo;
+#endif
+}
+
+static inline uint64_t encode_step(uint64_t state, const EncodeSymbol *e) {
+#ifdef __SIZEOF_INT128__
+    const uint64_t q = (uint64_t)(((unsigned __int128)state * e->rcp) >> 64) >> e->shift;
+    return state + e->bias + q * e->complement;
+#else
+    return ((state / e->rcp) << PRECISION) | (e->bias + state % e->rcp);
+#endif
+}
+
+/* One symbol onto a lane: a 32-bit word out first when the state would pass 2**64 (written
+ * always, kept only then: no branch to mispredict) */
+#define ENCODE_ONE(state, pushed, words, e)                                             \
+    do {                                                                                \
+        const int out = (state) >= (e)->limit;                                          \
+        (words)[pushed] = (uint32_t)(state);                                            \
+        (pushed) += out;                                                                \
+        (state) = encode_step(out ? (state) >> 32 : (state), (e));                      \
+    } while (0)
+
+/* The lanes' symbols (lane l: every `lanes`-th of `symbols` from l) onto words + l * room,
+ * the way constriction's AnsCoder().encode_reverse(lane's symbols, model) does: the last
+ * symbol first, and the final state as one or two words (none when it is 0). Two lanes run
+ * side by side, their steps overlapping. Their word counts go to `used`; returns -1 for a
+ * symbol outside the model, else 0. */
+#define DEFINE_ENCODE(T)                                                                \
+    static int encode_##T(const T *symbols, Py_ssize_t count, int lanes,                \
+                          const EncodeSymbol *model, int64_t n, uint32_t *words,         \
+                          Py_ssize_t room, Py_ssize_t *used) {                           \
+        for (Py_ssize_t i = 0; i < count; i++)                                          \
+            if ((uint64_t)symbols[i] >= (uint64_t)n) return -1;                         \
+        for (int l = 0; l < lanes; l += (lanes == 2 ? 2 : 1)) {                         \
+            uint64_t state = 0, other = 0;                                              \
+            Py_ssize_t pushed = 0, pushed_other = 0;                                    \
+            uint32_t *lane = words + (size_t)l * (size_t)room;                          \
+            uint32_t *next = lane + room;                                               \
+            Py_ssize_t i = l + (count - 1 - l) / lanes * lanes; /* the lane's last */   \
+            if (count <= l) i = -1;                                                     \
+            if (lanes == 2) {                                                           \
+                i = count - 1;                                                          \
+                if (i >= 0 && i % 2 == 0) { /* lane 0 has one more: it goes alone */    \
+                    ENCODE_ONE(state, pushed, lane, model + symbols[i]);                \
+                    i--;                                                                \
+                }                                                                       \
+                for (; i >= 1; i -= 2) { /* symbols i - 1 (lane 0) and i (lane 1) */     \
+                    ENCODE_ONE(state, pushed, lane, model + symbols[i - 1]);            \
+                    ENCODE_ONE(other, pushed_other, next, model + symbols[i]);          \
+                }                                                                       \
+            } else {                                                                    \
+                for (; i >= l; i -= lanes) ENCODE_ONE(state, pushed, lane, model + symbols[i]); \
+            }                                                                           \
+            if (state) {                                                                \
+                lane[pushed++] = (uint32_t)state;                                       \
+                if (state >> 32) lane[pushed++] = (uint32_t)(state >> 32);              \
+            }                                                                           \
+            used[l] = pushed;                                                           \
+            if (lanes == 2) {                                                           \
+                if (other) {                                                            \
+                    next[pushed_other++] = (uint32_t)other;                             \
+                    if (other >> 32) next[pushed_other++] = (uint32_t)(other >> 32);    \
+                }                                                                       \
+                used[l + 1] = pushed_other;                                             \
+            }                                                                           \
+        }                                                                               \
+        return 0;                                                                       \
+    }
+
+DEFINE_ENCODE(uint8_t)
+DEFINE_ENCODE(uint16_t)
+DEFINE_ENCODE(uint32_t)
+
+static PyObject *rans_encode(PyObject *self, PyObject *args) {
+    Py_buffer symbols, freqs;
+    int itemsize, bits, lanes;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*iy*ii", &symbols, &itemsize, &freqs, &bits, &lanes))
+        return NULL;
+    PyObject *result = NULL, *body = NULL, *lengths = NULL;
+    uint64_t *cdf = NULL;
+    uint32_t *words = NULL;
+    EncodeSymbol *model = NULL;
+    const int64_t n = freqs.len / 8;
+    const char *error = NULL;
+    if (!(itemsize == 1 || itemsize == 2 || itemsize == 4) || symbols.len % itemsize ||
+        freqs.len % 8 || lanes < 1 || lanes > MAX_LANES)
+        error = "rans: buffers of the wrong size";
+    else if (n < 2 || n >= (INT64_C(1) << PRECISION) - 1)
+        error = "rans model: constriction's categorical model needs 2 ... 2**24 - 2 symbols";
+    else if (bits < 1 || bits > 62)
+        error = "rans model: table totals 2**1 ... 2**62 are supported";
+    if (error) {
+        PyErr_SetString(PyExc_ValueError, error);
+        goto done;
+    }
+    const Py_ssize_t count = symbols.len / itemsize;
+    /* a symbol adds at most 24 bits, a push takes 32: at most one word a symbol, plus two */
+    const Py_ssize_t room = count / lanes + 3;
+    cdf = malloc((size_t)(n + 1) * sizeof(uint64_t));
+    words = malloc((size_t)lanes * (size_t)room * sizeof(uint32_t));
+    model = malloc((size_t)n * sizeof(EncodeSymbol));
+    lengths = PyTuple_New(lanes);
+    if (!cdf || !words || !model) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (!lengths) goto done;
+    Py_ssize_t used[MAX_LANES], total = 0;
+    Py_BEGIN_ALLOW_THREADS
+    error = quantized_cdf((const int64_t *)freqs.buf, n, bits, cdf);
+    for (int64_t i = 0; !error && i < n; i++)
+        encode_symbol_init(model + i, cdf[i], cdf[i + 1] - cdf[i]);
+    int bad = 0;
+    if (!error && itemsize == 1)
+        bad = encode_uint8_t(symbols.buf, count, lanes, model, n, words, room, used);
+    else if (!error && itemsize == 2)
+        bad = encode_uint16_t(symbols.buf, count, lanes, model, n, words, room, used);
+    else if (!error)
+        bad = encode_uint32_t(symbols.buf, count, lanes, model, n, words, room, used);
+    if (bad) error = "rans: a symbol lies outside the model";
+    for (int l = 0; !error && l < lanes; l++) total += used[l];
+    Py_END_ALLOW_THREADS
+    if (error) {
+        PyErr_SetString(PyExc_ValueError, error);
+        goto done;
+    }
+    body = PyBytes_FromStringAndSize(NULL, 4 * total);
+    if (!body) goto done;
+    char *to = PyBytes_AS_STRING(body);
+    for (int l = 0; l < lanes; l++) {
+        const uint32_t *lane = words + (size_t)l * (size_t)room;
+        for (Py_ssize_t i = 0; i < used[l]; i++, to += 4) { /* little-endian words */
+            const uint32_t w = lane[i];
+            const unsigned char le[4] = {(unsigned char)w, (unsigned char)(w >> 8),
+                                         (unsigned char)(w >> 16), (unsigned char)(w >> 24)};
+            memcpy(to, le, 4);
+        }
+        PyObject *length = PyLong_FromSsize_t(used[l]);
+        if (!length) goto done;
+        PyTuple_SET_ITEM(lengths, l, length);
+    }
+    result = PyTuple_Pack(2, body, lengths);
+done:
+    Py_XDECREF(body);
+    Py_XDECREF(lengths);
+    free(cdf);
+    free(words);
+    free(model);
+    PyBuffer_Release(&symbols);
+    PyBuffer_Release(&freqs);
+    return result;
+}
+
 /* chains replayed side by side: their state machines are independent, so the CPU overlaps
  * their lookups (one chain at a time waits on each state's load: ~2x slower) */
 #define REPLAY_LANES 4
@@ -948,6 +1132,8 @@ done:
 static PyMethodDef methods[] = {
     {"rans_decode", rans_decode, METH_VARARGS,
      "rans_decode(words, freqs, bits, count, out, itemsize, bounds) -> (states, words_left)"},
+    {"rans_encode", rans_encode, METH_VARARGS,
+     "rans_encode(symbols, itemsize, freqs, bits, lanes) -> (words, lane word counts)"},
     {"dq_replay", dq_replay, METH_VARARGS,
      "dq_replay(symbols, itemsize, chain, trans, quantizer, parity, values, out, value_size)"
      " -> None"},

@@ -94,6 +94,35 @@ def rans_decode(words: np.ndarray | memoryview | bytes, freqs: np.ndarray, bits:
     return out
 
 
+def rans_encode(symbols: np.ndarray, freqs: np.ndarray, bits: int, lanes: int = 1
+                ) -> list[np.ndarray]:
+    """Each lane's little-endian 32-bit words: what constriction's
+    ``AnsCoder().encode_reverse(symbols[lane::lanes], Categorical(freqs / 2**bits,
+    perfect=False))`` leaves in ``get_compressed()``, word for word (~3× faster), lane ``l``
+    holding symbols ``l, l + lanes, …`` (``rans`` format version 3). ``ValueError`` for a
+    symbol outside the table.
+
+    >>> freqs = np.array([1 << 23, 1 << 22, 1 << 22])
+    >>> not available() or [w.tolist() for w in rans_encode(np.array([1, 2]), freqs, 24)]
+    [[46137342]]
+    """
+    native = _required()
+    symbols = np.asarray(symbols)
+    if symbols.ndim != 1 or symbols.dtype.kind not in "iu":
+        raise ValueError("rans: symbols must be a 1-d integer array")
+    if symbols.dtype.kind != "u" or symbols.dtype.itemsize > 4:
+        if symbols.size and (int(symbols.min()) < 0 or int(symbols.max()) >= 1 << 32):
+            raise ValueError("rans: a symbol lies outside the model")
+        symbols = symbols.astype(np.uint32)
+    symbols = np.ascontiguousarray(symbols)
+    freqs = np.ascontiguousarray(freqs, np.int64)
+    body, lengths = native.rans_encode(symbols, symbols.dtype.itemsize, freqs,
+                                       operator.index(bits), operator.index(lanes))
+    ends = np.cumsum((0, *lengths))
+    words = np.frombuffer(body, "<u4")
+    return [words[a:b] for a, b in zip(ends[:-1], ends[1:], strict=True)]
+
+
 def dq_replay(symbols: np.ndarray, chain: int, trans: np.ndarray, quantizer: np.ndarray,
               parity: np.ndarray, values: np.ndarray, out: np.ndarray | None = None
               ) -> np.ndarray:

@@ -81,6 +81,74 @@ def test_archives_extract_to_the_same_bytes_with_and_without_it(model: Path, tmp
     assert with_native.read_bytes() == without.read_bytes()
 
 
+def constriction_words(symbols: np.ndarray, freqs: np.ndarray, lanes: int) -> list[np.ndarray]:
+    import constriction
+
+    model = constriction.stream.model.Categorical(freqs / float(1 << TABLE_BITS), perfect=False)
+    words = []
+    for lane in range(lanes):
+        coder = constriction.stream.stack.AnsCoder()
+        coder.encode_reverse(symbols[lane::lanes].astype(np.int32), model)
+        words.append(coder.get_compressed())
+    return words
+
+
+def test_the_encoder_writes_constrictions_words() -> None:
+    """Word for word, over skewed and flat tables, symbols of probability 2**-24, one to four
+    lanes (two run side by side in C), every symbol dtype, and lanes of unequal lengths."""
+    if not native.available():
+        pytest.skip("rftpack._native is not built here")
+    rng = np.random.default_rng(11)
+    cases = 0
+    for alphabet in (2, 3, 17, 256, 4000, 65536):
+        for count in (1, 2, 3, 8, 999, 20000):
+            for lanes in (1, 2, 3, 4):
+                scale = rng.choice([0.2, 3.0, 300.0])
+                symbols = np.minimum(np.abs(rng.laplace(size=count) * scale), alphabet - 1)
+                symbols = symbols.astype(np.int64)
+                symbols[0] = alphabet - 1  # at least two symbols, one of them rare
+                counts = np.bincount(symbols, minlength=alphabet)
+                freqs = np.where(counts > 0, counts, 0).astype(np.int64)
+                freqs = freqs * ((1 << TABLE_BITS) // int(freqs.sum()))
+                freqs[np.argmax(freqs)] += (1 << TABLE_BITS) - int(freqs.sum())
+                if alphabet == 65536:  # a symbol of the smallest frequency
+                    freqs[np.flatnonzero(freqs)[-1]] = 1
+                    freqs[np.argmax(freqs)] += (1 << TABLE_BITS) - int(freqs.sum())
+                dtype = np.uint8 if alphabet <= 256 else rng.choice([np.uint16, np.uint32])
+                for given in (symbols.astype(dtype), symbols):
+                    got = native.rans_encode(given, freqs, TABLE_BITS, lanes)
+                    want = constriction_words(symbols, freqs, lanes)
+                    assert [w.tolist() for w in got] == [w.tolist() for w in want], \
+                        (alphabet, count, lanes)
+                cases += 1
+    assert cases == 6 * 6 * 4
+
+
+def test_the_encoder_refuses_symbols_outside_the_table() -> None:
+    if not native.available():
+        pytest.skip("rftpack._native is not built here")
+    freqs = np.array([1 << 23, 1 << 23], np.int64)
+    assert [w.tolist() for w in native.rans_encode(np.array([0, 0]), freqs, 24)] == [[]]
+    for symbols in (np.array([0, 2], np.uint8), np.array([-1, 0]), np.array([1 << 40])):
+        with pytest.raises(ValueError, match="outside the model"):
+            native.rans_encode(symbols, freqs, 24)
+    with pytest.raises(ValueError, match="wrong size"):
+        native.rans_encode(np.array([0, 1]), freqs, 24, lanes=256)
+
+
+def test_archives_are_the_same_bytes_with_and_without_it(model: Path, tmp_path: Path) -> None:
+    """The C encoder and search write what constriction and numpy do, byte for byte."""
+    if not native.available():
+        pytest.skip("rftpack._native is not built here")
+    for profile in ("scalar", "dq"):
+        with_native = tmp_path / f"{profile}-with.rftp"
+        without = tmp_path / f"{profile}-without.rftp"
+        rftpack.compress(model, with_native, profile=profile, target_bpw=4.0)
+        run_python(f"import rftpack; rftpack.compress({str(model)!r}, {str(without)!r}, "
+                   f"profile={profile!r}, target_bpw=4.0)", RFTPACK_NO_NATIVE="1")
+        assert with_native.read_bytes() == without.read_bytes(), profile
+
+
 def test_words_are_read_in_place_at_any_alignment() -> None:
     if not native.available():
         pytest.skip("rftpack._native is not built here")

@@ -304,8 +304,10 @@ class ScalarQuantizer(SteppedQuantizer):
             distance = np.abs(scaled)  # |q| − |x/Δ|, formed in place
             np.subtract(magnitude, distance, out=distance)
             for i, mask in enumerate((magnitude == 1, magnitude >= 2)):
-                if mask.any():
-                    offsets[i] = float(np.clip(distance[mask].mean(), -0.5, 0.5))
+                count = np.count_nonzero(mask)
+                if count:  # (multiplied by the mask: indexing by it copies, ~2x the time)
+                    total = float(np.multiply(distance, mask).sum())
+                    offsets[i] = float(np.clip(total / count, -0.5, 0.5))
             del magnitude, distance
         del scaled
         symbols = zigzag(q)
