@@ -1,8 +1,8 @@
 /*
- * rftpack._native: the decoders' hot loops and dq's encoder search in C, built at install
- * time where a C compiler is found (optional: without it rftpack decodes with constriction /
- * numba / numpy and searches with numba / numpy, to the same values). Wrapped, with its
- * argument checks, by rftpack/native.py; nothing else imports this module.
+ * rftpack._native: the decoders' hot loops, the rANS encoder and dq's search in C, built at
+ * install time where a C compiler is found (optional: without it rftpack codes with
+ * constriction / numba / numpy and searches with numba / numpy, to the same values). Wrapped,
+ * with its argument checks, by rftpack/native.py; nothing else imports this module.
  *
  *   rans_decode(words, freqs, bits, count, out, itemsize, bounds) -> (states, words_left)
  *       constriction's AnsCoder(words).decode(Categorical(freqs / 2**bits, perfect=False),
@@ -12,6 +12,10 @@
  *       the words into lanes, independent streams of one model: symbol i is lane i mod lanes'
  *       (format version 3, FORMAT.md 7.1). Returns the lanes' final states OR-ed together and
  *       the words none of them read.
+ *   rans_encode(symbols, itemsize, freqs, bits, lanes) -> (words, lane word counts)
+ *       the encoder of those streams: each lane's words as constriction's
+ *       AnsCoder().encode_reverse(lane's symbols, the same model) leaves them, word for word,
+ *       the lanes' words one after the other (little-endian bytes).
  *   dq_replay(symbols, itemsize, chain, trans, quantizer, parity, values, out, value_size)
  *       dq's decoder replay: each chain of `chain` symbols starts in state 0; symbol s gets
  *       values[2 s + quantizer[state]] and moves the state to trans[2 state + parity[s]].
@@ -311,45 +315,38 @@ done:
 }
 
 /* A symbol's encoding step: state -> (state / f) << 24 | (lo + state % f), with the division
- * done as a multiply by a reciprocal (rcp, shift: exact for every 64-bit state, as in
- * ryg_rans's rans64.h) where the compiler has 128-bit integers: the state becomes
- * state + bias + q * complement, q the quotient. `limit` = f << 40: a state at or above it
- * pushes a word first. */
+ * done as a multiply by the reciprocal rcp = (2**64 - 1) / f where the compiler has 128-bit
+ * integers: its quotient is the true one or one less (for every 64-bit state and every f),
+ * and the remainder says which. (ryg_rans's rans64.h reciprocal is exact only below 2**63,
+ * which constriction's states pass: for 1,439,800 frequencies above 2**23 it was one too high
+ * at states just below their limit.) `limit` = f << 40: a state at or above it pushes a word
+ * first. */
 typedef struct {
-    uint64_t limit, rcp, bias, complement;
-    int shift;
+    uint64_t limit, rcp, lo, frequency;
 } EncodeSymbol;
+
+#ifdef __SIZEOF_INT128__
+__extension__ typedef unsigned __int128 u128; /* (a GCC and clang extension) */
+#endif
 
 static void encode_symbol_init(EncodeSymbol *e, uint64_t lo, uint64_t frequency) {
     e->limit = frequency << (64 - PRECISION);
-    e->complement = (UINT64_C(1) << PRECISION) - frequency;
-#ifdef __SIZEOF_INT128__
-    if (frequency < 2) { /* q = state: rcp = 2**64 - 1 gives state - 1, the bias adds it back */
-        e->rcp = ~UINT64_C(0);
-        e->shift = 0;
-        e->bias = lo + (UINT64_C(1) << PRECISION) - 1;
-    } else {
-        int shift = 0;
-        while (frequency > (UINT64_C(1) << shift)) shift++;
-        const unsigned __int128 one = 1;
-        e->rcp = (uint64_t)(((one << (shift + 63)) + frequency - 1) / frequency);
-        e->shift = shift - 1;
-        e->bias = lo;
-    }
-#else
-    e->rcp = frequency; /* divided outright */
-    e->shift = 0;
-    e->bias = lo;
-#endif
+    e->rcp = ~UINT64_C(0) / frequency;
+    e->lo = lo;
+    e->frequency = frequency;
 }
 
 static inline uint64_t encode_step(uint64_t state, const EncodeSymbol *e) {
 #ifdef __SIZEOF_INT128__
-    const uint64_t q = (uint64_t)(((unsigned __int128)state * e->rcp) >> 64) >> e->shift;
-    return state + e->bias + q * e->complement;
+    uint64_t q = (uint64_t)(((u128)state * e->rcp) >> 64);
+    uint64_t r = state - q * e->frequency;
+    const uint64_t over = r >= e->frequency;
+    q += over;
+    r -= over * e->frequency;
 #else
-    return ((state / e->rcp) << PRECISION) | (e->bias + state % e->rcp);
+    const uint64_t q = state / e->frequency, r = state % e->frequency;
 #endif
+    return (q << PRECISION) | (e->lo + r);
 }
 
 /* One symbol onto a lane: a 32-bit word out first when the state would pass 2**64 (written
@@ -412,6 +409,38 @@ static inline uint64_t encode_step(uint64_t state, const EncodeSymbol *e) {
 DEFINE_ENCODE(uint8_t)
 DEFINE_ENCODE(uint16_t)
 DEFINE_ENCODE(uint32_t)
+
+/* rans_division_check(first, last) -> how many of the encoding steps of the frequencies
+ * first ... last - 1 differ from plain division, at each one's edge states (0, 1, f - 1, f,
+ * 2**63 - 1, 2**63 and just below its limit) and a few pseudo-random ones: 0 where the
+ * reciprocal is exact (a test runs it over every frequency) */
+static PyObject *rans_division_check(PyObject *self, PyObject *args) {
+    long long first, last;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "LL", &first, &last)) return NULL;
+    if (first < 1 || last > (1LL << PRECISION) || first > last) {
+        PyErr_SetString(PyExc_ValueError, "rans: frequencies are 1 ... 2**24");
+        return NULL;
+    }
+    long long bad = 0;
+    uint64_t noise = UINT64_C(88172645463325252);
+    Py_BEGIN_ALLOW_THREADS
+    for (uint64_t f = (uint64_t)first; f < (uint64_t)last; f++) {
+        EncodeSymbol e;
+        encode_symbol_init(&e, 0, f);
+        uint64_t xs[12] = {0, 1, f - 1, f, e.limit - 1, e.limit - 2, e.limit - f,
+                           e.limit - f - 1, UINT64_C(1) << 63, (UINT64_C(1) << 63) - 1, 0, 0};
+        for (int k = 10; k < 12; k++) { /* xorshift64 */
+            noise ^= noise << 13, noise ^= noise >> 7, noise ^= noise << 17;
+            xs[k] = (noise >> (k == 11 ? noise % 40 : 0)) % e.limit;
+        }
+        for (int k = 0; k < 12; k++)
+            if (xs[k] < e.limit && encode_step(xs[k], &e) != (((xs[k] / f) << PRECISION) | (xs[k] % f)))
+                bad++;
+    }
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLongLong(bad);
+}
 
 static PyObject *rans_encode(PyObject *self, PyObject *args) {
     Py_buffer symbols, freqs;
@@ -1132,6 +1161,8 @@ done:
 static PyMethodDef methods[] = {
     {"rans_decode", rans_decode, METH_VARARGS,
      "rans_decode(words, freqs, bits, count, out, itemsize, bounds) -> (states, words_left)"},
+    {"rans_division_check", rans_division_check, METH_VARARGS,
+     "rans_division_check(first, last) -> mismatches of the encoder's division"},
     {"rans_encode", rans_encode, METH_VARARGS,
      "rans_encode(symbols, itemsize, freqs, bits, lanes) -> (words, lane word counts)"},
     {"dq_replay", dq_replay, METH_VARARGS,

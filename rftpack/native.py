@@ -98,7 +98,7 @@ def rans_encode(symbols: np.ndarray, freqs: np.ndarray, bits: int, lanes: int = 
                 ) -> list[np.ndarray]:
     """Each lane's little-endian 32-bit words: what constriction's
     ``AnsCoder().encode_reverse(symbols[lane::lanes], Categorical(freqs / 2**bits,
-    perfect=False))`` leaves in ``get_compressed()``, word for word (~3× faster), lane ``l``
+    perfect=False))`` leaves in ``get_compressed()``, word for word (~2.5× faster), lane ``l``
     holding symbols ``l, l + lanes, …`` (``rans`` format version 3). ``ValueError`` for a
     symbol outside the table.
 

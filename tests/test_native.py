@@ -124,6 +124,32 @@ def test_the_encoder_writes_constrictions_words() -> None:
     assert cases == 6 * 6 * 4
 
 
+def test_the_encoders_division_is_exact_for_every_frequency() -> None:
+    """The encoder divides by a reciprocal; at the edge states of every frequency of the
+    2**24 table (just below each one's limit, where a reciprocal exact only below 2**63 was
+    one too high for 1,439,800 of them) it must agree with plain division."""
+    if not native.available():
+        pytest.skip("rftpack._native is not built here")
+    from rftpack import _native
+
+    assert _native.rans_division_check(1, 1 << TABLE_BITS) == 0
+
+
+def test_the_encoder_starts_from_state_0_at_any_frequency() -> None:
+    """A lane's last symbol is encoded first, from state 0, and may be one of the smallest
+    frequency (1 in 2**24: the leaky model's share of a symbol the table does not hold):
+    constriction's words still."""
+    if not native.available():
+        pytest.skip("rftpack._native is not built here")
+    freqs = np.array([(1 << TABLE_BITS) - 2, 2, 0], np.int64)
+    for symbols in ([2], [0, 2], [2, 2], [1, 0, 0, 2], [0] * 50 + [1], [1, 2] * 20):
+        symbols = np.array(symbols)
+        for lanes in (1, 2):
+            got = native.rans_encode(symbols, freqs, TABLE_BITS, lanes)
+            want = constriction_words(symbols, freqs, lanes)
+            assert [w.tolist() for w in got] == [w.tolist() for w in want], (symbols, lanes)
+
+
 def test_the_encoder_refuses_symbols_outside_the_table() -> None:
     if not native.available():
         pytest.skip("rftpack._native is not built here")
