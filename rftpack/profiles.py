@@ -66,7 +66,7 @@ PROFILES: dict[str, Profile] = {
         name="dq",
         description="dependent (trellis-coded) scalar quantization as in NNCodec, with a "
                     "256-state trellis (NNCodec: 8): 1.2–1.3 dB over 'scalar' at equal rate "
-                    "on MiniLM; encodes ~1.5× slower than it (searching in rftpack's C "
+                    "on MiniLM; encodes ~1.7× slower than it (searching in rftpack's C "
                     "extension or numba; ~25× slower again in numpy, with neither); --set "
                     "states=64 encodes ~1.2× faster, 0.1 dB worse",
         transform={"name": "identity", "configuration": {}},
