@@ -388,7 +388,8 @@ static inline uint64_t encode_step(uint64_t state, const EncodeSymbol *e) {
                     ENCODE_ONE(other, pushed_other, next, model + symbols[i]);          \
                 }                                                                       \
             } else {                                                                    \
-                for (; i >= l; i -= lanes) ENCODE_ONE(state, pushed, lane, model + symbols[i]); \
+                for (; i >= l; i -= lanes)                                              \
+                    ENCODE_ONE(state, pushed, lane, model + symbols[i]);                \
             }                                                                           \
             if (state) {                                                                \
                 lane[pushed++] = (uint32_t)state;                                       \
@@ -434,9 +435,10 @@ static PyObject *rans_division_check(PyObject *self, PyObject *args) {
             noise ^= noise << 13, noise ^= noise >> 7, noise ^= noise << 17;
             xs[k] = (noise >> (k == 11 ? noise % 40 : 0)) % e.limit;
         }
-        for (int k = 0; k < 12; k++)
-            if (xs[k] < e.limit && encode_step(xs[k], &e) != (((xs[k] / f) << PRECISION) | (xs[k] % f)))
-                bad++;
+        for (int k = 0; k < 12; k++) {
+            const uint64_t x = xs[k];
+            if (x < e.limit && encode_step(x, &e) != (((x / f) << PRECISION) | (x % f))) bad++;
+        }
     }
     Py_END_ALLOW_THREADS
     return PyLong_FromLongLong(bad);
