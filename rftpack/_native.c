@@ -16,6 +16,9 @@
  *       the encoder of those streams: each lane's words as constriction's
  *       AnsCoder().encode_reverse(lane's symbols, the same model) leaves them, word for word,
  *       the lanes' words one after the other (little-endian bytes).
+ *   histogram(symbols, itemsize, bins, row_class, length, out)
+ *       np.bincount of uint8/16/32 symbols into int64 `out`, or per class of the rows of
+ *       `length` symbols (uint8 `row_class`, one per row) into out's rows.
  *   dq_replay(symbols, itemsize, chain, trans, quantizer, parity, values, out, value_size)
  *       dq's decoder replay: each chain of `chain` symbols starts in state 0; symbol s gets
  *       values[2 s + quantizer[state]] and moves the state to trans[2 state + parity[s]].
@@ -522,6 +525,93 @@ done:
     free(model);
     PyBuffer_Release(&symbols);
     PyBuffer_Release(&freqs);
+    return result;
+}
+
+/* Counts of each symbol (< bins) of rows of `length` into out[row_class[row]] (one table
+ * when there are no classes), each class's counts spread over four tables round-robin (its
+ * row of `out` and three in `spare`, summed into it at the end), so that runs of one symbol
+ * do not wait on their own increments. Returns -1 for a symbol out of range. */
+#define DEFINE_HISTOGRAM(T)                                                                \
+    static int histogram_##T(const T *symbols, Py_ssize_t count, Py_ssize_t bins,         \
+                             const uint8_t *row_class, Py_ssize_t length, int tables,      \
+                             int64_t *out, int64_t *spare) {                               \
+        for (Py_ssize_t i = 0; i < count;) {                                                \
+            const Py_ssize_t end = row_class && count - i > length ? i + length : count;    \
+            const Py_ssize_t t = row_class ? row_class[i / length] : 0;                     \
+            int64_t *w = out + t * bins, *x = spare + 3 * t * bins;                         \
+            int64_t *y = x + bins, *z = y + bins;                                           \
+            for (; i + 4 <= end; i += 4) {                                                  \
+                const Py_ssize_t s0 = symbols[i], s1 = symbols[i + 1];                      \
+                const Py_ssize_t s2 = symbols[i + 2], s3 = symbols[i + 3];                  \
+                if (s0 >= bins || s1 >= bins || s2 >= bins || s3 >= bins) return -1;       \
+                w[s0]++, x[s1]++, y[s2]++, z[s3]++;                                         \
+            }                                                                               \
+            for (; i < end; i++) {                                                          \
+                if ((Py_ssize_t)symbols[i] >= bins) return -1;                              \
+                w[symbols[i]]++;                                                            \
+            }                                                                               \
+        }                                                                                   \
+        for (Py_ssize_t t = 0; t < tables; t++)                                             \
+            for (Py_ssize_t k = 0; k < bins; k++)                                           \
+                out[t * bins + k] += spare[3 * t * bins + k] + spare[(3 * t + 1) * bins + k] \
+                                     + spare[(3 * t + 2) * bins + k];                       \
+        return 0;                                                                           \
+    }
+
+DEFINE_HISTOGRAM(uint8_t)
+DEFINE_HISTOGRAM(uint16_t)
+DEFINE_HISTOGRAM(uint32_t)
+
+/* histogram(symbols, itemsize, bins, row_class, length, out): out (int64, classes x bins,
+ * zeroed by the caller) += counts of the symbols, row r of `length` symbols counted in
+ * table row_class[r] (uint8; empty: one table, rows ignored) */
+static PyObject *histogram(PyObject *self, PyObject *args) {
+    Py_buffer symbols, row_class, out;
+    int itemsize;
+    Py_ssize_t bins, length;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*iny*nw*", &symbols, &itemsize, &bins, &row_class, &length,
+                          &out))
+        return NULL;
+    PyObject *result = NULL;
+    int64_t *spare = NULL;
+    const Py_ssize_t count = itemsize > 0 ? symbols.len / itemsize : 0;
+    const uint8_t *classes = row_class.len ? (const uint8_t *)row_class.buf : NULL;
+    int most = 0;
+    for (Py_ssize_t r = 0; r < row_class.len; r++)
+        if (classes[r] > most) most = classes[r];
+    if (!(itemsize == 1 || itemsize == 2 || itemsize == 4) || symbols.len % itemsize ||
+        bins < 1 || out.len % 8 || out.len / 8 < (Py_ssize_t)(most + 1) * bins ||
+        (classes && (length < 1 || row_class.len != (count + length - 1) / length))) {
+        PyErr_SetString(PyExc_ValueError, "histogram: buffers of the wrong size");
+        goto done;
+    }
+    const int tables = most + 1;
+    spare = calloc((size_t)3 * (size_t)tables * (size_t)bins, sizeof(int64_t));
+    if (!spare) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int bad;
+    Py_BEGIN_ALLOW_THREADS
+    if (itemsize == 1)
+        bad = histogram_uint8_t(symbols.buf, count, bins, classes, length, tables, out.buf, spare);
+    else if (itemsize == 2)
+        bad = histogram_uint16_t(symbols.buf, count, bins, classes, length, tables, out.buf, spare);
+    else
+        bad = histogram_uint32_t(symbols.buf, count, bins, classes, length, tables, out.buf, spare);
+    Py_END_ALLOW_THREADS
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "histogram: a symbol lies outside the bins");
+        goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    free(spare);
+    PyBuffer_Release(&symbols);
+    PyBuffer_Release(&row_class);
+    PyBuffer_Release(&out);
     return result;
 }
 
@@ -1163,6 +1253,8 @@ done:
 static PyMethodDef methods[] = {
     {"rans_decode", rans_decode, METH_VARARGS,
      "rans_decode(words, freqs, bits, count, out, itemsize, bounds) -> (states, words_left)"},
+    {"histogram", histogram, METH_VARARGS,
+     "histogram(symbols, itemsize, bins, row_class, length, out) -> None"},
     {"rans_division_check", rans_division_check, METH_VARARGS,
      "rans_division_check(first, last) -> mismatches of the encoder's division"},
     {"rans_encode", rans_encode, METH_VARARGS,

@@ -108,20 +108,52 @@ def rans_encode(symbols: np.ndarray, freqs: np.ndarray, bits: int, lanes: int = 
     True
     """
     native = _required()
-    symbols = np.asarray(symbols)
-    if symbols.ndim != 1 or symbols.dtype.kind not in "iu":
-        raise ValueError("rans: symbols must be a 1-d integer array")
-    if symbols.dtype.kind != "u" or symbols.dtype.itemsize > 4:
-        if symbols.size and (int(symbols.min()) < 0 or int(symbols.max()) >= 1 << 32):
-            raise ValueError("rans: a symbol lies outside the model")
-        symbols = symbols.astype(np.uint32)
-    symbols = np.ascontiguousarray(symbols)
+    symbols = _unsigned(np.asarray(symbols), "rans: a symbol lies outside the model")
     freqs = np.ascontiguousarray(freqs, np.int64)
     body, lengths = native.rans_encode(symbols, symbols.dtype.itemsize, freqs,
                                        operator.index(bits), operator.index(lanes))
     ends = np.cumsum((0, *lengths))
     words = np.frombuffer(body, "<u4")
     return [words[a:b] for a, b in zip(ends[:-1], ends[1:], strict=True)]
+
+
+def histogram(symbols: np.ndarray, bins: int, row_class: np.ndarray | None = None,
+              length: int = 1) -> np.ndarray:
+    """``np.bincount(symbols, minlength=bins)`` (~5× faster), or with ``row_class`` (one class
+    per row of ``length`` symbols) a (classes × bins) table, row c counting the symbols of
+    class c's rows. ``ValueError`` for a symbol outside ``bins``.
+
+    >>> symbols = np.array([0, 2, 2, 0, 2])
+    >>> not available() or histogram(symbols, 3).tolist() == [2, 0, 3]
+    True
+    >>> rows = np.array([0, 1, 0], np.uint8)   # rows [0, 2], [2, 0], [2] of classes 0, 1, 0
+    >>> not available() or histogram(symbols, 3, rows, 2).tolist() == [[1, 0, 2], [1, 0, 1]]
+    True
+    """
+    native = _required()
+    symbols = _unsigned(np.asarray(symbols), "histogram: a symbol lies outside the bins")
+    bins = operator.index(bins)
+    if row_class is None:
+        out = np.zeros(bins, np.int64)
+        native.histogram(symbols, symbols.dtype.itemsize, bins, b"", 1, out)
+        return out
+    row_class = np.ascontiguousarray(row_class, np.uint8)
+    out = np.zeros((int(row_class.max()) + 1 if row_class.size else 1, bins), np.int64)
+    native.histogram(symbols, symbols.dtype.itemsize, bins, row_class, operator.index(length),
+                     out)
+    return out
+
+
+def _unsigned(symbols: np.ndarray, outside: str) -> np.ndarray:
+    """1-d integer ``symbols`` as a contiguous array of uint8, uint16 or uint32 (the C loops'
+    types); ``ValueError(outside)`` for a negative one or one of 2**32 or more."""
+    if symbols.ndim != 1 or symbols.dtype.kind not in "iu":
+        raise ValueError("symbols must be a 1-d integer array")
+    if symbols.dtype.kind != "u" or symbols.dtype.itemsize > 4:
+        if symbols.size and (int(symbols.min()) < 0 or int(symbols.max()) >= 1 << 32):
+            raise ValueError(outside)
+        symbols = symbols.astype(np.uint32)
+    return np.ascontiguousarray(symbols)
 
 
 def dq_replay(symbols: np.ndarray, chain: int, trans: np.ndarray, quantizer: np.ndarray,

@@ -175,6 +175,39 @@ def test_archives_are_the_same_bytes_with_and_without_it(model: Path, tmp_path: 
         assert with_native.read_bytes() == without.read_bytes(), profile
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.int64])
+def test_the_histogram_counts_as_bincount_does(dtype) -> None:
+    """Over one table and over row classes (a short last row too), runs of one symbol and
+    spread ones."""
+    if not native.available():
+        pytest.skip("rftpack._native is not built here")
+    rng = np.random.default_rng(5)
+    bins = 200 if dtype == np.uint8 else 3000
+    for count in (0, 1, 3, 4, 5, 384, 1000, 100_003):
+        symbols = np.minimum(np.abs(rng.laplace(size=count) * 4), bins - 1).astype(dtype)
+        symbols[: count // 3] = symbols[:1]  # a run
+        assert np.array_equal(native.histogram(symbols, bins),
+                              np.bincount(symbols.astype(np.int64), minlength=bins))
+        for length in (1, 7, 384):
+            rows = rng.integers(0, 4, -(-count // length)).astype(np.uint8)
+            classes = np.repeat(rows, length)[:count].astype(np.int64)
+            want = np.bincount(classes * bins + symbols.astype(np.int64),
+                               minlength=(int(rows.max(initial=0)) + 1) * bins)
+            got = native.histogram(symbols, bins, rows, length)
+            assert np.array_equal(got, want.reshape(-1, bins)), (count, length)
+
+
+def test_the_histogram_refuses_what_does_not_fit() -> None:
+    if not native.available():
+        pytest.skip("rftpack._native is not built here")
+    with pytest.raises(ValueError, match="outside the bins"):
+        native.histogram(np.array([0, 1, 3, 0, 0], np.uint8), 3)
+    with pytest.raises(ValueError, match="outside the bins"):
+        native.histogram(np.array([-1, 0]), 3)
+    with pytest.raises(ValueError, match="wrong size"):  # 3 rows of 2 need 3 classes
+        native.histogram(np.arange(6) % 3, 3, np.array([0, 1], np.uint8), 2)
+
+
 def test_words_are_read_in_place_at_any_alignment() -> None:
     if not native.available():
         pytest.skip("rftpack._native is not built here")

@@ -399,7 +399,12 @@ class RansCoder(Coder):
             raise StageError(f"rans: alphabet {alphabet} exceeds {MAX_ALPHABET}; use zstd or raw")
         if symbols.size == 0:
             return bytes([0])
-        counts = np.bincount(symbols.astype(np.int64), minlength=alphabet)
+        try:
+            counts = native.histogram(symbols, alphabet) if native.available() else \
+                np.bincount(symbols.astype(np.int64), minlength=alphabet)
+        except ValueError as error:  # a negative symbol, or (in C) one beyond the alphabet
+            raise StageError(f"rans: symbols {int(symbols.min())} … {int(symbols.max())} "
+                             f"outside alphabet {alphabet}") from error
         if counts.shape[0] > alphabet:
             raise StageError(f"rans: symbol {int(symbols.max())} outside alphabet {alphabet}")
         present = np.flatnonzero(counts)

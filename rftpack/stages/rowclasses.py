@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 
+from rftpack import native
 from rftpack.errors import FormatError
 from rftpack.stages.rans import table_bytes
 
@@ -165,8 +166,13 @@ def choose(x: np.ndarray, symbols: np.ndarray, alphabet: int, length: int, most:
     if k == 1:
         return None
     finest_class = quantile_classes(row_levels(x, length), k)
-    counts = np.bincount(code_classes(finest_class, length, x.shape[0]).astype(np.int64)
-                         * alphabet + symbols, minlength=k * alphabet).reshape(k, alphabet)
+    if native.available():
+        counts = np.zeros((k, alphabet), np.int64)
+        seen = native.histogram(symbols, alphabet, finest_class, length)
+        counts[:seen.shape[0]] = seen
+    else:
+        counts = np.bincount(code_classes(finest_class, length, x.shape[0]).astype(np.int64)
+                             * alphabet + symbols, minlength=k * alphabet).reshape(k, alphabet)
     best, best_bits, classes = None, coded_bits(counts.sum(axis=0)), 2
     while classes <= k:
         row_class = finest_class // (k // classes)

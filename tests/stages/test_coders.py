@@ -159,9 +159,20 @@ def test_rans_rejects_too_large_alphabet() -> None:
         RansCoder().encode(np.zeros(3, np.uint32), MAX_ALPHABET + 1)
 
 
-def test_rans_rejects_symbol_outside_alphabet() -> None:
-    with pytest.raises(StageError):
-        RansCoder().encode(np.array([0, 1, 9]), 4)
+@pytest.mark.parametrize("compiled", [True, False], ids=["C histogram", "numpy"])
+@pytest.mark.parametrize("symbols", [[0, 1, 9], [0, -1, 2], [4, 0, 0, 0, 0]])
+def test_rans_rejects_symbol_outside_alphabet(symbols: list[int], compiled: bool,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from rftpack import native
+
+    if compiled and not native.available():
+        pytest.skip("rftpack._native is not built here")
+    if not compiled:
+        monkeypatch.setattr(native, "available", lambda: False)
+    with pytest.raises(StageError, match="outside alphabet 4"):
+        RansCoder().encode(np.array(symbols), 4)
+    with pytest.raises(StageError, match="outside alphabet 4"):
+        RansCoder().encode(np.array(symbols, np.int64).astype(np.uint8), 4)
 
 
 def test_zstd_level_validation() -> None:
