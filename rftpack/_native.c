@@ -19,6 +19,9 @@
  *   histogram(symbols, itemsize, bins, row_class, length, out)
  *       np.bincount of uint8/16/32 symbols into int64 `out`, or per class of the rows of
  *       `length` symbols (uint8 `row_class`, one per row) into out's rows.
+ *   huffman_depths(counts, out), huffman_pack(symbols, lengths, codes) -> bytes
+ *       floatplanes' Huffman encoder (_zhuff.py): code lengths from the heap of subtrees, and
+ *       zstd's backward Huffman bitstream of uint8 symbols.
  *   dq_replay(symbols, itemsize, chain, trans, quantizer, parity, values, out, value_size)
  *       dq's decoder replay: each chain of `chain` symbols starts in state 0; symbol s gets
  *       values[2 s + quantizer[state]] and moves the state to trans[2 state + parity[s]].
@@ -612,6 +615,123 @@ done:
     PyBuffer_Release(&symbols);
     PyBuffer_Release(&row_class);
     PyBuffer_Release(&out);
+    return result;
+}
+
+/* huffman_depths(counts) -> None: unlimited Huffman code lengths of n symbols with these
+ * (positive, int64) counts into `out` (int64, n), as _zhuff.py's _plain_huffman builds them:
+ * the two lightest subtrees merged first, ties to the lower id (leaves 0 ... n - 1, merged
+ * nodes numbered on from n): a binary heap of (count, id) pops them in that one order. */
+typedef struct {
+    int64_t count, id;
+} HeapNode;
+
+static inline int heap_less(HeapNode a, HeapNode b) {
+    return a.count < b.count || (a.count == b.count && a.id < b.id);
+}
+
+static void heap_down(HeapNode *heap, Py_ssize_t size, Py_ssize_t i) {
+    for (;;) {
+        Py_ssize_t least = i, left = 2 * i + 1, right = left + 1;
+        if (left < size && heap_less(heap[left], heap[least])) least = left;
+        if (right < size && heap_less(heap[right], heap[least])) least = right;
+        if (least == i) return;
+        const HeapNode t = heap[i];
+        heap[i] = heap[least], heap[least] = t, i = least;
+    }
+}
+
+static PyObject *huffman_depths(PyObject *self, PyObject *args) {
+    Py_buffer counts, out;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*w*", &counts, &out)) return NULL;
+    PyObject *result = NULL;
+    HeapNode *heap = NULL;
+    int64_t *parent = NULL;
+    const Py_ssize_t n = counts.len / 8;
+    const int64_t *count = counts.buf;
+    if (counts.len % 8 || out.len != counts.len || n < 2) {
+        PyErr_SetString(PyExc_ValueError, "huffman: counts and out of 2 or more int64");
+        goto done;
+    }
+    heap = malloc((size_t)n * sizeof(HeapNode));
+    parent = calloc((size_t)(2 * n - 1), sizeof(int64_t));
+    if (!heap || !parent) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) heap[i] = (HeapNode){count[i], i};
+    for (Py_ssize_t i = n / 2 - 1; i >= 0; i--) heap_down(heap, n, i);
+    Py_ssize_t size = n;
+    for (int64_t node = n; size > 1; node++) {
+        const HeapNode a = heap[0];
+        heap[0] = heap[--size];
+        heap_down(heap, size, 0);
+        const HeapNode b = heap[0];
+        parent[a.id] = parent[b.id] = node;
+        heap[0] = (HeapNode){a.count + b.count, node}; /* replaces b: one sift */
+        heap_down(heap, size, 0);
+    }
+    /* parents have larger ids: from the root down, each node one deeper than its parent,
+     * its depth written over its parent's id once that is read (the root's entry, never
+     * written by the merges, stays 0: its depth) */
+    for (Py_ssize_t i = 2 * n - 3; i >= 0; i--) parent[i] = parent[parent[i]] + 1;
+    memcpy(out.buf, parent, (size_t)n * sizeof(int64_t));
+    result = Py_NewRef(Py_None);
+done:
+    free(heap);
+    free(parent);
+    PyBuffer_Release(&counts);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+/* huffman_pack(symbols, lengths, codes) -> bytes: zstd's backward Huffman bitstream of the
+ * uint8 `symbols` with the uint8 code `lengths` and uint16 `codes` of each byte value
+ * (rftpack/stages/_zhuff.py's _pack_stream): the last symbol's code in the lowest bits,
+ * each earlier one above it, then a 1 bit; (total bits >> 3) + 1 bytes. */
+static PyObject *huffman_pack(PyObject *self, PyObject *args) {
+    Py_buffer symbols, lengths, codes;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*y*", &symbols, &lengths, &codes)) return NULL;
+    PyObject *result = NULL;
+    if (lengths.len != 256 || codes.len != 512) {
+        PyErr_SetString(PyExc_ValueError, "huffman: 256 lengths and 256 codes");
+        goto done;
+    }
+    const unsigned char *s = symbols.buf, *len = lengths.buf;
+    uint16_t code[256];
+    memcpy(code, codes.buf, sizeof code);
+    for (int v = 0; v < 256; v++) {
+        if (len[v] > 32 || (len[v] < 16 && code[v] >> len[v])) {
+            PyErr_SetString(PyExc_ValueError, "huffman: a code longer than its length");
+            goto done;
+        }
+    }
+    uint64_t total = 0;
+    for (Py_ssize_t i = 0; i < symbols.len; i++) total += len[s[i]];
+    result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(total >> 3) + 1);
+    if (!result) goto done;
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
+    uint64_t acc = 0;
+    int bits = 0;
+    Py_ssize_t pos = 0;
+    for (Py_ssize_t i = symbols.len - 1; i >= 0; i--) {
+        acc |= (uint64_t)code[s[i]] << bits;
+        bits += len[s[i]];
+        if (bits >= 32) { /* four whole bytes out, little-endian */
+            const unsigned char le[4] = {(unsigned char)acc, (unsigned char)(acc >> 8),
+                                         (unsigned char)(acc >> 16), (unsigned char)(acc >> 24)};
+            memcpy(out + pos, le, 4);
+            pos += 4, acc >>= 32, bits -= 32;
+        }
+    }
+    acc |= (uint64_t)1 << bits; /* the end mark */
+    for (bits++; bits > 0; bits -= 8, acc >>= 8) out[pos++] = (unsigned char)acc;
+done:
+    PyBuffer_Release(&symbols);
+    PyBuffer_Release(&lengths);
+    PyBuffer_Release(&codes);
     return result;
 }
 
@@ -1253,6 +1373,9 @@ done:
 static PyMethodDef methods[] = {
     {"rans_decode", rans_decode, METH_VARARGS,
      "rans_decode(words, freqs, bits, count, out, itemsize, bounds) -> (states, words_left)"},
+    {"huffman_depths", huffman_depths, METH_VARARGS, "huffman_depths(counts, out) -> None"},
+    {"huffman_pack", huffman_pack, METH_VARARGS,
+     "huffman_pack(symbols, lengths, codes) -> bytes"},
     {"histogram", histogram, METH_VARARGS,
      "histogram(symbols, itemsize, bins, row_class, length, out) -> None"},
     {"rans_division_check", rans_division_check, METH_VARARGS,

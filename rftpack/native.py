@@ -144,6 +144,34 @@ def histogram(symbols: np.ndarray, bins: int, row_class: np.ndarray | None = Non
     return out
 
 
+def huffman_depths(counts: np.ndarray) -> np.ndarray:
+    """Unlimited Huffman code lengths of symbols with these positive ``counts`` (two or
+    more), as :func:`rftpack.stages._zhuff._plain_huffman` builds them, tie for tie (~35×
+    faster).
+
+    >>> not available() or huffman_depths(np.array([5, 3, 1, 1])).tolist() == [1, 2, 3, 3]
+    True
+    """
+    counts = np.ascontiguousarray(counts, np.int64)
+    out = np.empty(counts.shape[0], np.int64)
+    _required().huffman_depths(counts, out)
+    return out
+
+
+def huffman_pack(symbols: np.ndarray, lengths: np.ndarray, codes: np.ndarray) -> bytes:
+    """zstd's backward Huffman bitstream of the bytes ``symbols`` under the code ``lengths``
+    and ``codes`` of each byte value: what :func:`rftpack.stages._zhuff._pack_stream` writes
+    from their per-symbol lengths and codes, bit for bit (~20× faster).
+
+    >>> lengths, codes = np.array([1, 1] + [0] * 254), np.array([1, 0] + [0] * 254)
+    >>> not available() or huffman_pack(np.array([0, 1, 1], np.uint8), lengths, codes) == b"\\x0c"
+    True
+    """
+    return _required().huffman_pack(np.ascontiguousarray(symbols, np.uint8),
+                                    np.ascontiguousarray(lengths, np.uint8),
+                                    np.ascontiguousarray(codes, np.uint16))
+
+
 def _unsigned(symbols: np.ndarray, outside: str) -> np.ndarray:
     """1-d integer ``symbols`` as a contiguous array of uint8, uint16 or uint32 (the C loops'
     types); ``ValueError(outside)`` for a negative one or one of 2**32 or more."""

@@ -163,15 +163,16 @@ def test_the_encoder_refuses_symbols_outside_the_table() -> None:
 
 
 def test_archives_are_the_same_bytes_with_and_without_it(model: Path, tmp_path: Path) -> None:
-    """The C encoder and search write what constriction and numpy do, byte for byte."""
+    """The C encoders and search write what constriction and numpy do, byte for byte."""
     if not native.available():
         pytest.skip("rftpack._native is not built here")
-    for profile in ("scalar", "dq"):
+    for profile in ("scalar", "dq", "lossless"):
         with_native = tmp_path / f"{profile}-with.rftp"
         without = tmp_path / f"{profile}-without.rftp"
-        rftpack.compress(model, with_native, profile=profile, target_bpw=4.0)
+        rate = {} if profile == "lossless" else {"target_bpw": 4.0}
+        rftpack.compress(model, with_native, profile=profile, **rate)
         run_python(f"import rftpack; rftpack.compress({str(model)!r}, {str(without)!r}, "
-                   f"profile={profile!r}, target_bpw=4.0)", RFTPACK_NO_NATIVE="1")
+                   f"profile={profile!r}, **{rate!r})", RFTPACK_NO_NATIVE="1")
         assert with_native.read_bytes() == without.read_bytes(), profile
 
 
@@ -206,6 +207,41 @@ def test_the_histogram_refuses_what_does_not_fit() -> None:
         native.histogram(np.array([-1, 0]), 3)
     with pytest.raises(ValueError, match="wrong size"):  # 3 rows of 2 need 3 classes
         native.histogram(np.arange(6) % 3, 3, np.array([0, 1], np.uint8), 2)
+
+
+def test_huffman_lengths_and_bitstreams_are_the_python_ones(monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """floatplanes' Huffman coder in C: the same code lengths (ties broken alike) and the same
+    backward bitstreams as _zhuff's numpy code, over many ties, skewed counts and sizes."""
+    if not native.available():
+        pytest.skip("rftpack._native is not built here")
+    from rftpack.stages import _zhuff
+
+    rng = np.random.default_rng(7)
+    cases = []
+    for trial in range(300):
+        n = int(rng.integers(2, 257))
+        counts = [rng.integers(1, 4, n), (rng.pareto(1.0, n) * 10 + 1).astype(np.int64),
+                  2 ** rng.integers(0, 30, n)][trial % 3].astype(np.int64)
+        size = int(rng.choice([1, 3, 1023, 1024, 5000]))
+        block = rng.choice(n, size, p=counts / counts.sum()).astype(np.uint8)
+        cases.append((counts, block))
+    compiled = []
+    for counts, block in cases:
+        plain = _zhuff._plain_huffman(counts, np.arange(counts.shape[0]))
+        lengths = _zhuff.huffman_lengths(counts)  # (zstd's 11-bit limit: longer ones packaged)
+        codes = _zhuff.canonical_codes(lengths).astype(np.uint16)
+        table = np.zeros(256, np.int64)
+        table[: lengths.shape[0]] = lengths
+        table_codes = np.zeros(256, np.uint16)
+        table_codes[: codes.shape[0]] = codes
+        compiled.append((plain, lengths, native.huffman_pack(block, table, table_codes)))
+    monkeypatch.setattr(native, "available", lambda: False)
+    for (counts, block), (plain, lengths, packed) in zip(cases, compiled, strict=True):
+        assert np.array_equal(_zhuff._plain_huffman(counts, np.arange(counts.shape[0])), plain)
+        assert np.array_equal(_zhuff.huffman_lengths(counts), lengths)
+        codes = _zhuff.canonical_codes(lengths).astype(np.uint16)
+        assert _zhuff._pack_stream(lengths.astype(np.uint8)[block], codes[block]) == packed
 
 
 def test_words_are_read_in_place_at_any_alignment() -> None:

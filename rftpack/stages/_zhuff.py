@@ -21,6 +21,7 @@ import heapq
 
 import numpy as np
 
+from rftpack import native
 from rftpack.errors import FormatError
 
 MAGIC = b"\x28\xb5\x2f\xfd"
@@ -33,6 +34,8 @@ _WINDOW_DESCRIPTOR = (17 - 10) << 3
 
 def _plain_huffman(counts: np.ndarray, present: np.ndarray) -> np.ndarray:
     """Unlimited Huffman code lengths of the present symbols (heap of merged subtrees)."""
+    if native.available():  # the same lengths
+        return native.huffman_depths(counts[present])
     n = present.size
     parent = np.zeros(2 * n - 1, np.int64)
     heap = [(int(counts[s]), i) for i, s in enumerate(present.tolist())]
@@ -322,7 +325,8 @@ def _huffman_block(block: np.ndarray, max_ratio: float = 1.0) -> bytes | None:
     """Literals section + empty sequences section, or None when Huffman does not pay
     (coded size above ``max_ratio`` × raw size)."""
     n = block.shape[0]
-    counts = np.bincount(block, minlength=256)
+    counts = native.histogram(block, 256) if native.available() else \
+        np.bincount(block, minlength=256)
     p = counts[counts > 0] / n
     if -(p * np.log2(p)).sum() >= 8 * max_ratio:  # no prefix code beats the entropy
         return None
@@ -333,17 +337,23 @@ def _huffman_block(block: np.ndarray, max_ratio: float = 1.0) -> bytes | None:
     if tree is None:
         return None
     codes = canonical_codes(lengths).astype(np.uint16)
-    sym_len = lengths.astype(np.uint8)[block]
-    sym_code = codes[block]
+    if native.available():  # the same bits, ~20x faster
+        def pack(part: slice) -> bytes:
+            return native.huffman_pack(block[part], lengths, codes)
+    else:
+        sym_len = lengths.astype(np.uint8)[block]
+        sym_code = codes[block]
+
+        def pack(part: slice) -> bytes:
+            return _pack_stream(sym_len[part], sym_code[part])
     if n < 1024:
-        body = _pack_stream(sym_len, sym_code)
+        body = pack(slice(0, n))
         if len(tree) + len(body) >= min(n, 1023):
             return None
         streams = 1
     else:
         seg = (n + 3) // 4
-        parts = [_pack_stream(sym_len[i:i + seg], sym_code[i:i + seg])
-                 for i in range(0, 4 * seg, seg)]
+        parts = [pack(slice(i, i + seg)) for i in range(0, 4 * seg, seg)]
         if max(len(p) for p in parts[:3]) > 0xFFFF:
             return None
         jump = b"".join(len(p).to_bytes(2, "little") for p in parts[:3])
