@@ -584,9 +584,12 @@ static PyObject *histogram(PyObject *self, PyObject *args) {
     int most = 0;
     for (Py_ssize_t r = 0; r < row_class.len; r++)
         if (classes[r] > most) most = classes[r];
+    /* (bins at most 2**32, as symbols are at most 32-bit: no size below overflows) */
     if (!(itemsize == 1 || itemsize == 2 || itemsize == 4) || symbols.len % itemsize ||
-        bins < 1 || out.len % 8 || out.len / 8 < (Py_ssize_t)(most + 1) * bins ||
-        (classes && (length < 1 || row_class.len != (count + length - 1) / length))) {
+        bins < 1 || bins > (INT64_C(1) << 32) || out.len % 8 ||
+        out.len / 8 < (Py_ssize_t)(most + 1) * bins ||
+        (classes && (length < 1 ||
+                     row_class.len != count / length + (count % length != 0)))) {
         PyErr_SetString(PyExc_ValueError, "histogram: buffers of the wrong size");
         goto done;
     }
@@ -653,6 +656,14 @@ static PyObject *huffman_depths(PyObject *self, PyObject *args) {
     if (counts.len % 8 || out.len != counts.len || n < 2) {
         PyErr_SetString(PyExc_ValueError, "huffman: counts and out of 2 or more int64");
         goto done;
+    }
+    int64_t sum = 0; /* every merged subtree's count: at most the sum of all */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (count[i] < 0 || count[i] > INT64_MAX - sum) {
+            PyErr_SetString(PyExc_ValueError, "huffman: counts must be >= 0 and sum below 2**63");
+            goto done;
+        }
+        sum += count[i];
     }
     heap = malloc((size_t)n * sizeof(HeapNode));
     parent = calloc((size_t)(2 * n - 1), sizeof(int64_t));

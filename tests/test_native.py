@@ -150,6 +150,19 @@ def test_the_encoder_starts_from_state_0_at_any_frequency() -> None:
             assert [w.tolist() for w in got] == [w.tolist() for w in want], (symbols, lanes)
 
 
+def test_the_encoder_pushes_a_word_at_a_state_exactly_at_the_limit() -> None:
+    """Two symbols of 2**23 each add one bit at position 23 per step: symbol 1 and then 40
+    zeros make the state exactly 2**63, the push limit of the next zero."""
+    if not native.available():
+        pytest.skip("rftpack._native is not built here")
+    freqs = np.array([1 << 23, 1 << 23], np.int64)
+    for lanes in (1, 2, 3):
+        symbols = np.repeat(np.array([0] * 41 + [1]), lanes)
+        got = native.rans_encode(symbols, freqs, TABLE_BITS, lanes)
+        want = constriction_words(symbols, freqs, lanes)
+        assert [w.tolist() for w in got] == [w.tolist() for w in want] == [[0, 0, 1]] * lanes
+
+
 def test_the_encoder_refuses_symbols_outside_the_table() -> None:
     if not native.available():
         pytest.skip("rftpack._native is not built here")
@@ -199,14 +212,30 @@ def test_the_histogram_counts_as_bincount_does(dtype) -> None:
 
 
 def test_the_histogram_refuses_what_does_not_fit() -> None:
+    """A symbol beyond the bins at every place of the unrolled loop and of its tail, with
+    and without row classes; tables that do not fit the classes or the rows."""
     if not native.available():
         pytest.skip("rftpack._native is not built here")
-    with pytest.raises(ValueError, match="outside the bins"):
-        native.histogram(np.array([0, 1, 3, 0, 0], np.uint8), 3)
+    from rftpack import _native
+
+    for count in range(1, 10):
+        for at in range(count):
+            symbols = np.zeros(count, np.uint8)
+            symbols[at] = 3
+            with pytest.raises(ValueError, match="outside the bins"):
+                native.histogram(symbols, 3)
+            with pytest.raises(ValueError, match="outside the bins"):
+                native.histogram(symbols, 3, np.zeros(-(-count // 4), np.uint8), 4)
     with pytest.raises(ValueError, match="outside the bins"):
         native.histogram(np.array([-1, 0]), 3)
     with pytest.raises(ValueError, match="wrong size"):  # 3 rows of 2 need 3 classes
         native.histogram(np.arange(6) % 3, 3, np.array([0, 1], np.uint8), 2)
+    with pytest.raises(ValueError, match="wrong size"):  # 2 classes of 3 bins: 6 counts
+        _native.histogram(np.zeros(4, np.uint8), 1, 3, np.array([0, 1], np.uint8), 2,
+                          np.zeros(5, np.int64))
+    with pytest.raises(ValueError, match="wrong size"):  # bins whose tables overflow
+        _native.histogram(np.arange(8, dtype=np.uint8), 1, 1 << 62,
+                          np.array([0, 1, 2, 3], np.uint8), 2, np.zeros(4, np.int64))
 
 
 def test_huffman_lengths_and_bitstreams_are_the_python_ones(monkeypatch: pytest.MonkeyPatch
@@ -242,6 +271,29 @@ def test_huffman_lengths_and_bitstreams_are_the_python_ones(monkeypatch: pytest.
         assert np.array_equal(_zhuff.huffman_lengths(counts), lengths)
         codes = _zhuff.canonical_codes(lengths).astype(np.uint16)
         assert _zhuff._pack_stream(lengths.astype(np.uint8)[block], codes[block]) == packed
+
+
+def test_huffman_codes_up_to_32_bits_and_what_is_refused() -> None:
+    if not native.available():
+        pytest.skip("rftpack._native is not built here")
+    from rftpack.stages import _zhuff
+
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(0, 33, 256)
+    codes = (rng.integers(0, 1 << 16, 256) & ((1 << np.minimum(lengths, 16)) - 1))
+    block = rng.integers(0, 256, 999).astype(np.uint8)  # length-0 symbols too: no bits
+    assert native.huffman_pack(block, lengths, codes) == \
+        _zhuff._pack_stream(lengths.astype(np.uint8)[block], codes.astype(np.uint16)[block])
+    bad_code, bad_length = np.zeros(256, np.int64), np.zeros(256, np.int64)
+    bad_code[0], bad_length[0] = 1, 33
+    with pytest.raises(ValueError, match="longer than its length"):
+        native.huffman_pack(block, np.ones(256, np.int64), bad_code + 1)  # 2 in 1 bit
+    with pytest.raises(ValueError, match="longer than its length"):
+        native.huffman_pack(block, bad_length, np.zeros(256, np.int64))
+    with pytest.raises(ValueError, match="sum below 2"):
+        native.huffman_depths(np.array([1 << 62, 1 << 62, 5]))
+    with pytest.raises(ValueError, match=">= 0"):
+        native.huffman_depths(np.array([3, -1, 5]))
 
 
 def test_words_are_read_in_place_at_any_alignment() -> None:
@@ -376,8 +428,8 @@ def test_every_kernel_finds_numpys_indices(kernel: str) -> None:
     for states, chain, scale, lam in [(256, 300, 4.0, 0.25), (8, 64, 0.3, 0.25),
                                       (64, 7, 50.0, 2.0), (4, 1, 1.0, 0.0),
                                       (256, 2500, 300.0, 5.0)]:
-        x = rng.laplace(0, scale, 5000)
-        x[:500] = np.round(x[:500] * 2) / 2  # exact ties
+        x = rng.laplace(0, scale, 40 * chain)  # over 32 chains: every lane, and a second group
+        x[::2] = np.round(x[::2] * 2) / 2  # exact ties, in every chain
         rates = dq._rate_table(x)
         padded = dq._padded(x, chain, np.float64)
         costs = dq.search_costs(lam, rates, states)

@@ -95,7 +95,8 @@ def test_the_c_search_hands_weights_it_does_not_take_to_the_others() -> None:
     np.testing.assert_array_equal(dq.viterbi(x, 0.25, rates, 4, 4), plain)
 
 
-@pytest.mark.parametrize("bad", ["edges", "butterflies", "rates", "lam", "scale", "start"])
+@pytest.mark.parametrize("bad", ["edges", "butterflies", "shared partner", "quantizers",
+                                 "no butterflies", "rates", "lam", "scale", "start"])
 def test_the_c_search_refuses_malformed_tables(bad: str) -> None:
     if not native.available():
         pytest.skip("rftpack._native is not built here")
@@ -107,6 +108,15 @@ def test_the_c_search_refuses_malformed_tables(bad: str) -> None:
         match = "leaves the trellis"
     elif bad == "butterflies":  # state 0 entered by parity 0 from both its inputs
         edges[0, 3] = 0
+        match = "not made of butterflies"
+    elif bad == "shared partner":  # states 0 and 1 would both pair with state 2
+        edges = np.array([[0, 0, 1, 1, 0], [0, 0, 1, 1, 0], [0, 1, 1, 0, 0], [0, 1, 1, 0, 0]])
+        match = "not made of butterflies"
+    elif bad == "quantizers":  # a butterfly's two states on different quantizers
+        edges[2, 4] = 1
+        match = "not made of butterflies"
+    elif bad == "no butterflies":  # no state entered by parity 0 from its first input
+        edges[:, 1], edges[:, 3] = 1, 0
         match = "not made of butterflies"
     elif bad == "rates":
         rates = np.ones(0)
