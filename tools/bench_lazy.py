@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -215,11 +216,15 @@ def main() -> int:
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="rftpack-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    bench_open(workdir)
-    if not args.skip_big:
-        bench_memory(workdir, args.size_gb)
-    if not args.skip_minilm:
-        bench_minilm(workdir)
+    try:
+        bench_open(workdir)
+        if not args.skip_big:
+            bench_memory(workdir, args.size_gb)
+        if not args.skip_minilm:
+            bench_minilm(workdir)
+    finally:
+        if args.workdir is None:  # several GB of checkpoints and archives: never leave them
+            shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
